@@ -1,0 +1,66 @@
+"""ResNet50 and ResNet50M (Yu et al., arXiv:1711.08106) re-ID models on torchvision's ResNet50."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import ResNet50_Weights, resnet50
+
+from .base import ReIDModel, imagenet_backbone
+
+__all__ = ['ResNet50', 'ResNet50M']
+
+
+def _resnet50_trunk(pretrained, pretrained_path):
+    """torchvision ResNet50 without avgpool and fc, as nn.Sequential indices 0..7
+    (conv1, bn1, relu, maxpool, layer1..layer4): the `base.N` names of the 2018 checkpoints."""
+    net = imagenet_backbone(resnet50, ResNet50_Weights.IMAGENET1K_V1, pretrained, pretrained_path)
+    return nn.Sequential(*list(net.children())[:-2])
+
+
+def _pool(feature_map):
+    """(N, C, H, W) -> (N, C) global average pooling."""
+    return F.adaptive_avg_pool2d(feature_map, 1).flatten(1)
+
+
+class ResNet50(ReIDModel):
+    """ResNet50 trunk, global average pooling, 2048-d feature, linear classifier."""
+
+    def __init__(self, num_classes, loss=('xent',), pretrained=True, pretrained_path=None, pool='avg'):
+        super().__init__(loss, pool)
+        self.base = _resnet50_trunk(pretrained, pretrained_path)
+        self.feat_dim = 2048
+        self.classifier = nn.Linear(self.feat_dim, num_classes)
+
+    def features(self, images):
+        return _pool(self.base(images))
+
+
+class ResNet50M(ReIDModel):
+    """ResNet50 with mid-level features: the last stage's three blocks are each pooled; the first
+    two (2 x 2048) are fused by Linear(4096, 1024) + BatchNorm1d + ReLU and concatenated with the
+    last block's 2048-d feature into a 3072-d feature.
+
+    As in the 2018 code, the trunk is registered both as `base` and, split into stages, as
+    `layers1`..`layers5c` (the same modules), so its checkpoints hold both sets of names.
+    """
+
+    def __init__(self, num_classes, loss=('xent',), pretrained=True, pretrained_path=None, pool='avg'):
+        super().__init__(loss, pool)
+        self.base = _resnet50_trunk(pretrained, pretrained_path)
+        self.layers1 = nn.Sequential(self.base[0], self.base[1], self.base[2])
+        self.layers2 = nn.Sequential(self.base[3], self.base[4])
+        self.layers3 = self.base[5]
+        self.layers4 = self.base[6]
+        self.layers5a = self.base[7][0]
+        self.layers5b = self.base[7][1]
+        self.layers5c = self.base[7][2]
+        self.fc_fuse = nn.Sequential(nn.Linear(4096, 1024), nn.BatchNorm1d(1024), nn.ReLU())
+        self.feat_dim = 3072
+        self.classifier = nn.Linear(self.feat_dim, num_classes)
+
+    def features(self, images):
+        x = self.layers4(self.layers3(self.layers2(self.layers1(images))))
+        x5a = self.layers5a(x)
+        x5b = self.layers5b(x5a)
+        x5c = self.layers5c(x5b)
+        mid = self.fc_fuse(torch.cat([_pool(x5a), _pool(x5b)], dim=1))
+        return torch.cat([_pool(x5c), mid], dim=1)

@@ -1,0 +1,23 @@
+"""Train a video re-ID model (MARS) with label-smoothed cross entropy.
+
+By default tracklets are decomposed into frames and trained as images; --clip-train trains on
+clips of --seq-len frames with temporal pooling. Testing pools --seq-len evenly spaced frames
+per tracklet (or all of them, --test-sample all).
+
+    python train_vid_model_xent.py -d mars -a resnet50 --max-epoch 15 --train-batch 32 \\
+        --test-batch 5 --stepsize 5 --eval-step 5 --save-dir log/resnet50-xent-mars --gpu-devices 0
+"""
+import engine
+from losses import CrossEntropyLabelSmooth
+
+
+def get_args_parser():
+    return engine.get_args_parser(__doc__, max_epoch=15, stepsize=5, test_batch=5, video=True)
+
+
+def build_criterion(args, num_classes):
+    return CrossEntropyLabelSmooth(num_classes)
+
+
+if __name__ == '__main__':
+    engine.main(get_args_parser().parse_args(), video=True, loss={'xent'}, build_criterion=build_criterion)

@@ -1,0 +1,25 @@
+"""Train a video re-ID model (MARS) with label-smoothed cross entropy plus the batch-hard triplet
+loss, on P identities x K instances batches.
+
+By default tracklets are decomposed into frames and trained as images; --clip-train trains on
+clips of --seq-len frames with temporal pooling. Testing pools --seq-len evenly spaced frames
+per tracklet (or all of them, --test-sample all).
+
+    python train_vid_model_xent_htri.py -d mars -a resnet50 --max-epoch 500 --train-batch 32 \\
+        --test-batch 5 --stepsize 200 --eval-step 20 --save-dir log/resnet50-xent-htri-mars --gpu-devices 0
+"""
+import engine
+from losses import XentTripletLoss
+
+
+def get_args_parser():
+    return engine.get_args_parser(__doc__, max_epoch=500, stepsize=200, test_batch=5, video=True, triplet=True)
+
+
+def build_criterion(args, num_classes):
+    return XentTripletLoss(num_classes, margin=args.margin, htri_only=args.htri_only)
+
+
+if __name__ == '__main__':
+    engine.main(get_args_parser().parse_args(), video=True, loss={'xent', 'htri'},
+                build_criterion=build_criterion)

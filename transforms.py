@@ -1,0 +1,53 @@
+"""Image transforms, built on torchvision's v2 API.
+
+Re-exports what the scripts use, plus Random2DTranslation, the augmentation of the classic
+re-ID recipe, and the train/test pipelines.
+"""
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import (Compose, Normalize, RandomHorizontalFlip, Resize, ToDtype,
+                                       ToImage)
+from torchvision.transforms.v2 import functional as F
+
+__all__ = ['Compose', 'Normalize', 'RandomHorizontalFlip', 'Resize', 'ToDtype', 'ToImage',
+           'Random2DTranslation', 'build_transforms', 'IMAGENET_MEAN', 'IMAGENET_STD']
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+class Random2DTranslation(torch.nn.Module):
+    """With probability p, enlarge the image by 1/8 and random-crop it back to (height, width);
+    otherwise resize it to (height, width).
+
+    Accepts what v2 transforms accept (PIL image or tensor image); random numbers come from
+    torch's generator so DataLoader workers are seeded correctly.
+    """
+
+    def __init__(self, height, width, p=0.5, interpolation=InterpolationMode.BILINEAR):
+        super().__init__()
+        self.height = height
+        self.width = width
+        self.p = p
+        self.interpolation = interpolation
+
+    def forward(self, img):
+        if torch.rand(1).item() >= self.p:
+            return F.resize(img, [self.height, self.width], interpolation=self.interpolation)
+        new_height, new_width = round(self.height * 1.125), round(self.width * 1.125)
+        img = F.resize(img, [new_height, new_width], interpolation=self.interpolation)
+        top = torch.randint(new_height - self.height + 1, (1,)).item()
+        left = torch.randint(new_width - self.width + 1, (1,)).item()
+        return F.crop(img, top, left, self.height, self.width)
+
+    def extra_repr(self):
+        return f'height={self.height}, width={self.width}, p={self.p}'
+
+
+def build_transforms(height, width):
+    """(train, test) pipelines: PIL image -> normalised float tensor of shape (3, height, width)."""
+    to_tensor = [ToImage(), ToDtype(torch.float32, scale=True),
+                 Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)]
+    train = Compose([Random2DTranslation(height, width), RandomHorizontalFlip()] + to_tensor)
+    test = Compose([Resize((height, width))] + to_tensor)
+    return train, test
