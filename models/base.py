@@ -1,4 +1,5 @@
 """What every re-ID model shares: the train/eval output contract and video input."""
+import pickle
 import socket
 import urllib.error
 
@@ -74,7 +75,7 @@ def imagenet_backbone(builder, weights, pretrained=True, pretrained_path=None, d
         try:
             state_dict = torch.load(pretrained_path, map_location='cpu', weights_only=True)
             net.load_state_dict(state_dict)
-        except (OSError, RuntimeError, KeyError) as error:
+        except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as error:
             raise PretrainedWeightsError(
                 f'cannot load ImageNet weights from --pretrained-path {pretrained_path}: {error}. '
                 f'It must be a torchvision state dict such as {weights.url.rsplit("/", 1)[-1]}.') from error

@@ -19,4 +19,6 @@ def reference_evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50)
         hit_ranks = np.flatnonzero(matches) + 1
         all_ap.append(np.mean(np.arange(1, len(hit_ranks) + 1) / hit_ranks))
         all_inp.append(len(hit_ranks) / hit_ranks[-1])
+    if not all_ap:
+        return np.zeros(max_rank), 0.0, 0.0, 0
     return np.mean(all_cmc, axis=0), np.mean(all_ap), np.mean(all_inp), len(all_ap)

@@ -1,0 +1,78 @@
+"""Shared fixtures: small generated datasets, the real metadata in ../shared (when present),
+and a helper that runs the training scripts as a user would."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / 'shared'
+sys.path.insert(0, str(REPO))
+
+import synthetic_data  # noqa: E402
+
+
+def shared_path(*parts):
+    """A path under ../shared, or skip the test: a user's clone has no ../shared."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f'{path} is not available (real metadata lives beside the CI checkout only)')
+    return path
+
+
+@pytest.fixture(scope='session')
+def synthetic_root(tmp_path_factory):
+    """A small generated dataset in both layouts: <root>/market1501 and <root>/mars."""
+    root = tmp_path_factory.mktemp('synthetic')
+    synthetic_data.make_market1501(root / 'market1501', num_train_ids=10, num_test_ids=10,
+                                   images_per_camera=(2, 3), cameras_per_id=3, num_distractors=8,
+                                   num_junk=4, seed=3)
+    synthetic_data.make_mars(root / 'mars', num_train_ids=8, num_test_ids=8, frames=(3, 10),
+                             cameras_per_id=3, num_distractors=3, num_junk=2, seed=3)
+    return root
+
+
+@pytest.fixture(scope='session')
+def real_market_root(tmp_path_factory):
+    """A full-size Market-1501 tree with the real file names (images are hard links)."""
+    tool = shared_path('tools', 'make_market1501.py')
+    root = tmp_path_factory.mktemp('real')
+    subprocess.run([sys.executable, str(tool), str(root / 'market1501')], check=True, capture_output=True)
+    return root
+
+
+@pytest.fixture(scope='session')
+def real_mars_root(tmp_path_factory):
+    """A full-size MARS tree from the official info/*.mat files (1.19 M linked images)."""
+    tool = shared_path('tools', 'make_mars.py')
+    root = tmp_path_factory.mktemp('real')
+    subprocess.run([sys.executable, str(tool), str(root / 'mars')], check=True, capture_output=True)
+    return root
+
+
+# Flags that make the scripts quick on a 2-core CPU: small images, random init, no workers.
+FAST = ['--height', '64', '--width', '32', '--no-pretrained', '--workers', '0', '--lr', '1e-3',
+        '--stepsize', '0', '--print-freq', '1']
+
+
+def run_script(script, *args, check=True, timeout=600):
+    """Run a training script in a subprocess from the repository root; return the result."""
+    result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO,
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f'{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}')
+    return result
+
+
+def parse_results(stdout):
+    """[(mAP, rank1)] in percent, one per printed 'Results' block."""
+    maps = [float(x) for x in re.findall(r'^mAP: ([\d.]+)%', stdout, re.M)]
+    rank1 = [float(x) for x in re.findall(r'^Rank-1  : ([\d.]+)%', stdout, re.M)]
+    return list(zip(maps, rank1))
+
+
+def parse_epoch_losses(stdout):
+    return [float(x) for x in re.findall(r'^Epoch \d+ done: loss ([\d.]+)', stdout, re.M)]

@@ -1,0 +1,140 @@
+import numpy as np
+import pytest
+import torch
+
+from eval_metrics import (NoValidQueryError, evaluate, evaluate_blocks, evaluate_features,
+                          squared_euclidean)
+from reference_metrics import reference_evaluate
+
+
+def assert_same(fast, reference, tol=1e-6):
+    cmc, mAP, mINP, num_valid = reference
+    assert fast.num_valid == num_valid
+    np.testing.assert_allclose(fast.cmc, cmc, atol=tol, rtol=0)
+    assert fast.mAP == pytest.approx(mAP, abs=tol)
+    assert fast.mINP == pytest.approx(mINP, abs=tol)
+
+
+def random_problem(rng, num_query, num_gallery, num_pids=8, num_cams=3):
+    return (rng.integers(0, num_pids, num_query), rng.integers(0, num_pids, num_gallery),
+            rng.integers(0, num_cams, num_query), rng.integers(0, num_cams, num_gallery))
+
+
+
+@pytest.mark.parametrize('kind', ['continuous', 'ties', 'wide-range', 'negative'])
+def test_matches_reference_on_random_cases(kind):
+    rng = np.random.default_rng({'continuous': 0, 'ties': 1, 'wide-range': 2, 'negative': 3}[kind])
+    checked = 0
+    for _ in range(60):
+        nq, ng = rng.integers(1, 30), rng.integers(1, 70)
+        labels = random_problem(rng, nq, ng)
+        if kind == 'continuous':
+            distmat = rng.random((nq, ng), dtype=np.float32)
+        elif kind == 'ties':
+            distmat = rng.integers(0, 4, (nq, ng)).astype(np.float32)
+        elif kind == 'wide-range':  # spans every float exponent: exercises the bucket bounds
+            distmat = (rng.random((nq, ng)) * 10.0 ** rng.uniform(-38, 38, (nq, ng))).astype(np.float32)
+        else:
+            distmat = rng.standard_normal((nq, ng)).astype(np.float32)
+            distmat[0, :1] = -0.0
+        ref = reference_evaluate(distmat, *labels, max_rank=10)
+        if ref[3] == 0:
+            with pytest.raises(NoValidQueryError):
+                evaluate(distmat, *labels, max_rank=10, verbose=False)
+            continue
+        assert_same(evaluate(distmat, *labels, max_rank=10, verbose=False), ref)
+        checked += 1
+    assert checked > 30
+
+
+def test_ties_break_by_gallery_order():
+    # One query, everything at the same distance: ranks follow gallery order.
+    q_pids, q_cams = np.array([1]), np.array([0])
+    g_pids, g_cams = np.array([2, 1, 3, 1]), np.array([1, 1, 1, 1])
+    result = evaluate(np.zeros((1, 4), np.float32), q_pids, g_pids, q_cams, g_cams, max_rank=4)
+    # Matches at ranks 2 and 4: AP = (1/2 + 2/4) / 2, INP = 2 / 4.
+    assert result.mAP == pytest.approx(0.5) and result.mINP == pytest.approx(0.5)
+    np.testing.assert_array_equal(result.cmc, [0, 1, 1, 1])
+    # -0.0 and 0.0 are equal distances, so still gallery order.
+    distmat = np.array([[0.0, -0.0, 0.0, -0.0]], np.float32)
+    assert evaluate(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=4).mAP == pytest.approx(0.5)
+
+
+def test_hand_computed_case():
+    distmat = np.array([[0.1, 0.5, 0.3, 0.2, 0.9],
+                        [0.4, 0.1, 0.2, 0.8, 0.3]], np.float32)
+    q_pids, q_cams = np.array([1, 2]), np.array([0, 0])
+    g_pids = np.array([1, 2, 1, 3, 2])
+    g_cams = np.array([0, 1, 1, 1, 0])
+    # Query 0 (pid 1, cam 0): gallery 0 is same pid & camera -> removed. Ranked: g3 (0.2), g2
+    # (0.3, match), g1, g4 -> one match at rank 2: AP 1/2, first hit 2.
+    # Query 1 (pid 2, cam 0): gallery 4 removed. Ranked: g1 (0.1, match), g2, g0, g3 -> AP 1.
+    result = evaluate(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=3)
+    assert result.mAP == pytest.approx(0.75)
+    assert result.mINP == pytest.approx(0.75)
+    np.testing.assert_allclose(result.cmc, [0.5, 1.0, 1.0])
+
+
+def test_queries_without_match_are_skipped_and_counted(capsys):
+    distmat = np.array([[0.1, 0.2], [0.3, 0.1]], np.float32)
+    result = evaluate(distmat, np.array([1, 5]), np.array([1, 2]), np.array([0, 0]), np.array([1, 1]))
+    assert result.num_valid == 1 and result.mAP == 1.0
+    assert '1 of 2 queries have no true match' in capsys.readouterr().out
+
+
+def test_tiny_gallery_truncates_cmc(capsys):
+    distmat = np.array([[0.5, 0.1]], np.float32)
+    result = evaluate(distmat, np.array([1]), np.array([1, 2]), np.array([0]), np.array([1, 1]), max_rank=50)
+    assert result.cmc.tolist() == [0.0, 1.0]
+    assert 'only 2 samples' in capsys.readouterr().out
+
+
+def test_no_valid_query_explains_the_camera_rule():
+    distmat = np.zeros((2, 3), np.float32)
+    with pytest.raises(NoValidQueryError, match='same camera id'):
+        evaluate(distmat, np.array([1, 2]), np.array([1, 2, 2]), np.zeros(2, int), np.zeros(3, int))
+
+
+def test_nan_distance_is_an_error():
+    distmat = np.array([[0.1, np.nan]], np.float32)
+    with pytest.raises(ValueError, match='NaN'):
+        evaluate(distmat, np.array([1]), np.array([1, 2]), np.array([0]), np.array([1, 1]))
+
+
+def test_blocks_and_features_paths_are_identical():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    qf, gf = torch.randn(37, 16), torch.randn(120, 16)
+    labels = random_problem(rng, 37, 120, num_pids=6)
+    full = evaluate(squared_euclidean(qf, gf), *labels, verbose=False)
+    for block in (1, 5, 37, 100):
+        streamed = evaluate_features(qf, gf, *labels, block_size=block, verbose=False)
+        assert streamed.mAP == full.mAP and streamed.mINP == full.mINP
+        np.testing.assert_array_equal(streamed.cmc, full.cmc)
+    # Blocks may arrive in any order.
+    distmat = squared_euclidean(qf, gf)
+    blocks = [(s, distmat[s:s + 10]) for s in range(0, 37, 10)][::-1]
+    assert evaluate_blocks(blocks, *labels, verbose=False).mAP == full.mAP
+
+
+def test_squared_euclidean():
+    torch.manual_seed(0)
+    qf, gf = torch.randn(5, 7, dtype=torch.float64), torch.randn(9, 7, dtype=torch.float64)
+    expected = ((qf[:, None, :] - gf[None, :, :]) ** 2).sum(-1)
+    assert torch.allclose(squared_euclidean(qf, gf), expected)
+    assert (squared_euclidean(qf, qf).diagonal() >= 0).all()
+
+
+def test_market_scale_matches_reference_on_sampled_rows():
+    """Full Market-size rows (15,913 gallery entries), realistic distances, 40 queries."""
+    rng = np.random.default_rng(5)
+    g = torch.Generator().manual_seed(5)
+    q_pids, g_pids = rng.integers(1, 751, 40), rng.integers(0, 751, 15913)
+    g_pids[:200] = np.repeat(q_pids, 5)
+    q_cams, g_cams = rng.integers(0, 6, 40), rng.integers(0, 6, 15913)
+    centers = torch.randn(751, 64, generator=g)
+    qf = centers[q_pids] + torch.randn(40, 64, generator=g)
+    gf = centers[g_pids] + torch.randn(15913, 64, generator=g)
+    distmat = squared_euclidean(qf, gf).numpy()
+    assert_same(evaluate(distmat, q_pids, g_pids, q_cams, g_cams, verbose=False),
+                reference_evaluate(distmat, q_pids, g_pids, q_cams, g_cams))

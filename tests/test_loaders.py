@@ -1,0 +1,154 @@
+import os
+import shutil
+from collections import Counter
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+import data_manager
+from dataset_loader import ImageDataset, ImageReadError, VideoDataset, frames_of, read_image
+from samplers import RandomIdentitySampler
+from transforms import Random2DTranslation, build_transforms
+
+
+@pytest.fixture(scope='module')
+def market(synthetic_root):
+    return data_manager.Market1501(root=str(synthetic_root), verbose=False)
+
+
+@pytest.fixture(scope='module')
+def mars(synthetic_root):
+    return data_manager.Mars(root=str(synthetic_root), verbose=False)
+
+
+def test_image_dataset_items(market):
+    _, test_transform = build_transforms(64, 32)
+    img, pid, camid = ImageDataset(market.query, test_transform)[0]
+    assert img.shape == (3, 64, 32) and img.dtype == torch.float32
+    assert (pid, camid) == market.query[0][1:]
+
+
+@pytest.mark.parametrize('sample', ['evenly', 'random'])
+def test_video_dataset_clip_shape(mars, sample):
+    _, test_transform = build_transforms(32, 16)
+    imgs, pid, camid = VideoDataset(mars.query, seq_len=4, sample=sample, transform=test_transform)[0]
+    assert imgs.shape == (4, 3, 32, 16)
+    assert (pid, camid) == mars.query[0][1:]
+
+
+def test_video_dataset_all_frames(mars):
+    _, test_transform = build_transforms(32, 16)
+    imgs, _, _ = VideoDataset(mars.gallery, sample='all', transform=test_transform)[1]
+    assert imgs.shape == (len(mars.gallery[1][0]), 3, 32, 16)
+
+
+def test_evenly_spreads_and_pads():
+    dataset = VideoDataset([], seq_len=4, sample='evenly')
+    assert dataset.frame_indices(8).tolist() == [0, 2, 4, 6]
+    assert dataset.frame_indices(10).tolist() == [0, 2, 5, 7]
+    assert dataset.frame_indices(4).tolist() == [0, 1, 2, 3]
+    assert dataset.frame_indices(2).tolist() == [0, 1, 1, 1], 'short tracklets repeat the last frame'
+    assert dataset.frame_indices(1).tolist() == [0, 0, 0, 0]
+
+
+def test_random_sampling_is_ordered_and_distinct():
+    dataset = VideoDataset([], seq_len=5, sample='random')
+    torch.manual_seed(0)
+    for num_frames in (5, 9, 30):
+        indices = dataset.frame_indices(num_frames).tolist()
+        assert indices == sorted(indices) and len(set(indices)) == 5 and max(indices) < num_frames
+    short = dataset.frame_indices(3).tolist()
+    assert len(short) == 5 and short == sorted(short) and set(short) <= {0, 1, 2}
+
+
+def test_bad_sample_arguments():
+    with pytest.raises(ValueError, match='dense'):
+        VideoDataset([], sample='dense')
+    with pytest.raises(ValueError, match='seq_len'):
+        VideoDataset([], seq_len=0)
+
+
+def test_frames_of():
+    frames = frames_of([(('a', 'b'), 3, 1), (('c',), 4, 0)])
+    assert frames == [('a', 3, 1), ('b', 3, 1), ('c', 4, 0)]
+
+
+def _bad_files(tmp_path, good_image):
+    data = open(good_image, 'rb').read()
+    (tmp_path / 'truncated.jpg').write_bytes(data[:len(data) // 2])
+    (tmp_path / 'empty.jpg').write_bytes(b'')
+    (tmp_path / 'text.jpg').write_text('not an image')
+    return {name: str(tmp_path / name) for name in ('truncated.jpg', 'empty.jpg', 'text.jpg', 'missing.jpg')}
+
+
+def test_bad_images_raise_naming_file_and_split(market, tmp_path):
+    for name, path in _bad_files(tmp_path, market.train[0][0]).items():
+        with pytest.raises(ImageReadError) as info:
+            read_image(path, split='gallery')
+        assert name in str(info.value) and 'gallery split' in str(info.value)
+
+
+def test_bad_image_stops_dataloader_workers(market, tmp_path):
+    """A bad file inside a multi-worker DataLoader stops the iteration with the file's name."""
+    bad = _bad_files(tmp_path, market.train[0][0])['truncated.jpg']
+    items = list(market.train[:6]) + [(bad, 0, 0)] + list(market.train[6:12])
+    _, test_transform = build_transforms(32, 16)
+    loader = DataLoader(ImageDataset(items, test_transform, split='train'), batch_size=2, num_workers=2)
+    with pytest.raises(ImageReadError, match='truncated.jpg'):
+        for _ in loader:
+            pass
+
+
+def _batches(sampler, batch_size):
+    indices = list(sampler)
+    return [indices[i:i + batch_size] for i in range(0, len(indices) - batch_size + 1, batch_size)]
+
+
+def test_random_identity_sampler_structure(market):
+    sampler = RandomIdentitySampler(market.train, num_instances=4)
+    indices = list(sampler)
+    num_ids = market.num_train_pids
+    assert len(sampler) == len(indices) == num_ids * 4
+    for batch in _batches(sampler, 8):  # P = 2 identities x K = 4
+        counts = Counter(market.train[i][1] for i in batch)
+        assert sorted(counts.values()) == [4, 4]
+    # Every identity appears once per epoch, with distinct images when it has enough.
+    per_pid = {}
+    for i in indices:
+        per_pid.setdefault(market.train[i][1], []).append(i)
+    assert len(per_pid) == num_ids
+    available = Counter(pid for _, pid, _ in market.train)
+    for pid, chosen in per_pid.items():
+        if available[pid] >= 4:
+            assert len(set(chosen)) == 4
+
+
+def test_random_identity_sampler_replacement_for_small_ids():
+    data = [('x', 0, 0), ('y', 1, 0), ('z', 1, 1)]
+    indices = list(RandomIdentitySampler(data, num_instances=4, generator=torch.Generator().manual_seed(0)))
+    assert Counter(data[i][1] for i in indices) == {0: 4, 1: 4}
+
+
+def test_random_identity_sampler_reproducible(market):
+    def order(seed, workers):
+        torch.manual_seed(seed)
+        _, transform = build_transforms(16, 8)
+        loader = DataLoader(ImageDataset(market.train, transform), batch_size=8,
+                            sampler=RandomIdentitySampler(market.train, 4), num_workers=workers)
+        return [pids.tolist() for _, pids, _ in loader]
+    assert order(1, 0) == order(1, 2)
+    assert order(1, 2) == order(1, 2)
+    assert order(1, 0) != order(2, 0)
+
+
+def test_random_2d_translation_output_size(market):
+    img = Image.open(market.train[0][0])
+    for p in (0.0, 1.0):
+        out = Random2DTranslation(48, 24, p=p)(img)
+        assert out.size == (24, 48)
+    tensor = torch.rand(3, 100, 50)
+    assert Random2DTranslation(64, 32, p=1.0)(tensor).shape == (3, 64, 32)
+    train, test = build_transforms(64, 32)
+    assert train(img).shape == test(img).shape == (3, 64, 32)

@@ -1,0 +1,125 @@
+import json
+import urllib.error
+
+import pytest
+import torch
+from torchvision.models import resnet50
+
+import models
+import utils
+from conftest import shared_path
+
+
+@pytest.fixture(scope='module', params=models.get_names())
+def model(request):
+    torch.manual_seed(0)
+    return models.init_model(request.param, num_classes=7, loss={'xent', 'htri'}, pretrained=False)
+
+
+def test_contract_image_and_video(model):
+    images, clips = torch.randn(4, 3, 64, 32), torch.randn(2, 3, 3, 64, 32)
+    model.eval()
+    with torch.no_grad():
+        assert model(images).shape == (4, model.feat_dim)
+        video_feature = model(clips)
+        assert video_feature.shape == (2, model.feat_dim)
+        frame_features = model(clips.flatten(0, 1)).view(2, 3, -1)
+        assert torch.allclose(video_feature, frame_features.mean(dim=1), atol=1e-5)
+    model.train()
+    logits, features = model(images)
+    assert logits.shape == (4, 7) and features.shape == (4, model.feat_dim)
+    logits, features = model(clips)
+    assert logits.shape == (2, 7)
+
+
+def test_xent_only_returns_logits_and_max_pool():
+    model = models.init_model('resnet50', 5, loss={'xent'}, pretrained=False, pool='max')
+    model.train()
+    assert model(torch.randn(2, 3, 64, 32)).shape == (2, 5)
+    model.eval()
+    clips = torch.randn(2, 3, 3, 64, 32)
+    with torch.no_grad():
+        frames = model(clips.flatten(0, 1)).view(2, 3, -1)
+        assert torch.allclose(model(clips), frames.amax(dim=1), atol=1e-5)
+
+
+def test_feature_dims_and_parameter_count():
+    counts = {}
+    for name, dim in (('resnet50', 2048), ('resnet50m', 3072), ('densenet121', 1024)):
+        model = models.init_model(name, 751, pretrained=False)
+        assert model.feat_dim == dim
+        counts[name] = sum(p.numel() for p in model.parameters()) / 1e6
+    assert f"{counts['resnet50']:.5f}" == '25.04683'
+
+
+def test_unknown_model_lists_known_ones():
+    with pytest.raises(KeyError, match='resnet50, resnet50m, densenet121'):
+        models.init_model('vgg16', 10)
+
+
+def _seed_state_dict(name, prefix):
+    """Random tensors in the layout of a 2018 checkpoint. Names that are one module under two
+    names (ResNet50M's base.* and layers*) get one tensor, as in a real saved model."""
+    layout = json.loads(shared_path('data', 'seed-checkpoints', 'state_dict_keys.json').read_text())
+    own = models.init_model(name, 751, pretrained=False).state_dict()
+    by_storage = {}
+    state_dict = {}
+    for key, shape in layout[name]:
+        storage = own[key].data_ptr() if key in own else key
+        state_dict[prefix + key] = by_storage.setdefault(storage, torch.randn(shape))
+    return state_dict
+
+
+@pytest.mark.parametrize('name', models.get_names())
+@pytest.mark.parametrize('prefix', ['', 'module.'])
+def test_loads_2018_checkpoint_layout(name, prefix):
+    state_dict = _seed_state_dict(name, prefix)
+    model = models.init_model(name, 751, pretrained=False)
+    own = model.state_dict()
+    stripped = {k.removeprefix('module.'): v for k, v in state_dict.items()}
+    missing = set(own) - set(stripped)
+    assert missing and all(k.endswith('num_batches_tracked') for k in missing)
+    assert set(stripped) <= set(own)
+    assert utils.load_model_weights(model, state_dict) == []
+    for key, value in stripped.items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_2018_checkpoint_with_other_classifier_loads_backbone():
+    state_dict = _seed_state_dict('resnet50', 'module.')
+    model = models.init_model('resnet50', 10, pretrained=False)
+    assert utils.load_model_weights(model, state_dict) == ['classifier.weight', 'classifier.bias']
+    assert torch.equal(model.base[0].weight, state_dict['module.base.0.weight'])
+
+
+def test_wrong_architecture_is_refused():
+    state_dict = models.init_model('densenet121', 10, pretrained=False).state_dict()
+    with pytest.raises(utils.CheckpointError, match='wrong --arch'):
+        utils.load_model_weights(models.init_model('resnet50', 10, pretrained=False), state_dict)
+
+
+def test_pretrained_path_loads_local_imagenet_weights(tmp_path):
+    torch.manual_seed(0)
+    reference = resnet50()
+    path = tmp_path / 'resnet50-imagenet.pth'
+    torch.save(reference.state_dict(), path)
+    model = models.init_model('resnet50', 10, pretrained_path=str(path))
+    assert torch.equal(model.base[0].weight, reference.conv1.weight)
+    assert torch.equal(model.base[7][2].bn3.running_var, reference.layer4[2].bn3.running_var)
+
+
+def test_offline_download_fails_fast_with_a_way_out(monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError('Name or service not known')
+    monkeypatch.setattr(torch.hub, 'load_state_dict_from_url', offline)
+    with pytest.raises(models.PretrainedWeightsError) as info:
+        models.init_model('resnet50', 10, pretrained=True)
+    message = str(info.value)
+    assert '--no-pretrained' in message and '--pretrained-path' in message and 'resnet50-0676ba61.pth' in message
+
+
+def test_bad_pretrained_path(tmp_path):
+    path = tmp_path / 'bad.pth'
+    path.write_bytes(b'nonsense')
+    with pytest.raises(models.PretrainedWeightsError, match='bad.pth'):
+        models.init_model('resnet50', 10, pretrained_path=str(path))
