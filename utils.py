@@ -87,6 +87,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint file cannot be used: missing, not a checkpoint, truncated or unsafe."""
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _write_atomic(path, write):
     """Write a file through a temporary file in the same directory, fsync it, then rename it
     over `path`: a crash at any moment leaves either the old file or the new one, whole."""
@@ -94,6 +98,7 @@ def _write_atomic(path, write):
     os.makedirs(directory, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual mode
         with os.fdopen(fd, 'wb') as f:
             write(f)
             f.flush()

@@ -27,11 +27,11 @@ def shared_path(*parts):
 def synthetic_root(tmp_path_factory):
     """A small generated dataset in both layouts: <root>/market1501 and <root>/mars."""
     root = tmp_path_factory.mktemp('synthetic')
-    synthetic_data.make_market1501(root / 'market1501', num_train_ids=10, num_test_ids=10,
-                                   images_per_camera=(2, 3), cameras_per_id=3, num_distractors=8,
+    synthetic_data.make_market1501(root / 'market1501', num_train_ids=32, num_test_ids=30,
+                                   images_per_camera=(1, 2), cameras_per_id=3, num_distractors=10,
                                    num_junk=4, seed=3)
-    synthetic_data.make_mars(root / 'mars', num_train_ids=8, num_test_ids=8, frames=(3, 10),
-                             cameras_per_id=3, num_distractors=3, num_junk=2, seed=3)
+    synthetic_data.make_mars(root / 'mars', num_train_ids=24, num_test_ids=24, frames=(3, 8),
+                             cameras_per_id=3, num_distractors=4, num_junk=2, seed=3)
     return root
 
 
