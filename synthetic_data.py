@@ -186,6 +186,11 @@ def make_market1501(out_dir, num_train_ids=32, num_test_ids=32, images_per_camer
               crop_to=(row, row + 24))
 
 
+def mars_folder(pid):
+    """MARS folder and name prefix of a pid: 12 -> '0012', 0 -> '0000', -1 (junk) -> '00-1'."""
+    return str(pid).rjust(4, '0')
+
+
 def make_mars(out_dir, num_train_ids=24, num_test_ids=24, frames=(6, 24), cameras_per_id=3,
               num_distractors=8, num_junk=4, seed=0):
     """Write out_dir/{info,bbox_train,bbox_test}/ in the official MARS layout.
@@ -227,7 +232,7 @@ def make_mars(out_dir, num_train_ids=24, num_test_ids=24, frames=(6, 24), camera
             person = random_person(rng)
             for cam in _identity_views(rng, cameras_per_id, 2):
                 tracks.append((pid, cam, person))
-        tracks.sort(key=lambda t: (f'{t[0]:04d}', t[1]))
+        tracks.sort(key=lambda t: (mars_folder(t[0]), t[1]))
 
         names, rows, query_rows, next_tracklet = [], [], [], {}
         for row_index, (pid, cam, person) in enumerate(tracks):
@@ -235,7 +240,7 @@ def make_mars(out_dir, num_train_ids=24, num_test_ids=24, frames=(6, 24), camera
             crop = isinstance(person, str) and person == 'junk'
             if isinstance(person, str):
                 person = random_person(rng)
-            folder = f'{pid:04d}'
+            folder = mars_folder(pid)
             os.makedirs(os.path.join(out_dir, home, folder), exist_ok=True)
             t_index = next_tracklet[pid] = next_tracklet.get(pid, 0) + 1
             rows.append((len(names) + 1, len(names) + num_frames, pid, cam))

@@ -144,6 +144,9 @@ def load_checkpoint(path):
         with torch.serialization.safe_globals(_SAFE_NUMPY_GLOBALS):
             checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as error:
+        if 'GLOBAL' not in str(error):  # no disallowed class or function named: just not a pickle
+            raise CheckpointError(f'cannot read checkpoint {path}: it is truncated, corrupt or not a '
+                                  f'PyTorch checkpoint ({str(error).splitlines()[-1]})') from error
         raise CheckpointError(
             f'refused to load {path}: it is not a plain checkpoint (tensors, numbers, strings and '
             f'containers only), so it could run code when unpickled. Nothing was executed. '
