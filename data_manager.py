@@ -31,9 +31,10 @@ def _require(path, what, layout, source):
             f'and pass --root data/synthetic.')
 
 
-def _relabel(pids):
-    """Map each original pid to its rank among the sorted distinct pids."""
-    return {pid: label for label, pid in enumerate(sorted(set(pids)))}
+def _relabel(items):
+    """Items (x, pid, camid) with pids relabelled 0..N-1 in ascending order of the original pid."""
+    pid2label = {pid: label for label, pid in enumerate(sorted({pid for _, pid, _ in items}))}
+    return [(x, pid2label[pid], camid) for x, pid, camid in items]
 
 
 def _print_table(name, unit, rows, footer=None):
@@ -101,10 +102,7 @@ class Market1501:
             items.append((os.path.join(dir_path, name), pid, int(match.group(2)) - 1))
         if not items:
             raise DatasetError(f'no usable image in {dir_path}\nExpected layout:\n{self.layout}')
-        if relabel:
-            pid2label = _relabel(pid for _, pid, _ in items)
-            items = [(path, pid2label[pid], camid) for path, pid, camid in items]
-        return items
+        return _relabel(items) if relabel else items
 
 
 class Mars:
@@ -202,10 +200,7 @@ class Mars:
             tracklets.append((tuple(prefix + n for n in img_names), pid, cam - 1))
         if not tracklets:
             raise DatasetError(f'{what}: no usable tracklet (min_seq_len={min_seq_len})')
-        if relabel:
-            pid2label = _relabel(pid for _, pid, _ in tracklets)
-            tracklets = [(paths, pid2label[pid], camid) for paths, pid, camid in tracklets]
-        return tracklets
+        return _relabel(tracklets) if relabel else tracklets
 
 
 _FACTORY = {

@@ -66,7 +66,7 @@ def _as_tensor(x, dtype=None):
     return torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x, dtype=dtype)
 
 
-def _segments(counts):
+def segments(counts):
     """For segments of the given lengths laid end to end: (segment id, position in segment)
     of every element, both (sum(counts),)."""
     segment = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
@@ -89,7 +89,7 @@ class _GalleryIndex:
         rows ascending and cols ascending within a row."""
         group = torch.searchsorted(self.pids, q_pids).clamp(max=len(self.pids) - 1)
         counts = torch.where(self.pids[group] == q_pids, self.counts[group], 0)
-        rows, offset = _segments(counts)
+        rows, offset = segments(counts)
         cols = self.order[self.starts[group][rows] + offset]
         same_cam = self.g_camids[cols] == q_camids[rows]
         return (rows[~same_cam], cols[~same_cam]), (rows[same_cam], cols[same_cam])
@@ -170,7 +170,7 @@ def _match_ranks(dist, positives, junk):
     # each junk entry with the true matches of its row (few of each).
     pos_per_row = torch.bincount(positives[0], minlength=batch)
     junk_row_pos = pos_per_row[junk[0]]
-    junk_index, slot = _segments(junk_row_pos)
+    junk_index, slot = segments(junk_row_pos)
     match = (torch.cumsum(pos_per_row, 0) - pos_per_row)[junk[0]][junk_index] + slot
     ahead = _precedes(keys[junk][junk_index], junk[1][junk_index], keys[positives][match], positives[1][match])
     return ranks - torch.bincount(match[ahead], minlength=len(ranks))
@@ -185,7 +185,7 @@ def _block_stats(dist, q_pids, q_camids, gallery):
     # The k-th match of a row in rank order: sort by (row, rank).
     order = torch.argsort(positives[0] * (1 << 32) + ranks)
     rows, ranks = positives[0][order], ranks[order]
-    k = _segments(num_pos)[1] + 1
+    k = segments(num_pos)[1] + 1
     ap = torch.zeros(batch, dtype=torch.float64, device=dist.device).index_add_(0, rows, k / ranks.double())
     first_hit = torch.zeros(batch, dtype=torch.int64, device=dist.device).scatter_reduce_(
         0, rows, ranks, 'amin', include_self=False)

@@ -35,22 +35,24 @@ def synthetic_root(tmp_path_factory):
     return root
 
 
+def _real_tree(tmp_path_factory, tool, name):
+    """Build <tmp>/<name> with one of ../shared/tools' builders (real names, linked images)."""
+    root = tmp_path_factory.mktemp('real')
+    subprocess.run([sys.executable, str(shared_path('tools', tool)), str(root / name)], check=True,
+                   capture_output=True)
+    return root
+
+
 @pytest.fixture(scope='session')
 def real_market_root(tmp_path_factory):
-    """A full-size Market-1501 tree with the real file names (images are hard links)."""
-    tool = shared_path('tools', 'make_market1501.py')
-    root = tmp_path_factory.mktemp('real')
-    subprocess.run([sys.executable, str(tool), str(root / 'market1501')], check=True, capture_output=True)
-    return root
+    """A full-size Market-1501 tree with the real file names."""
+    return _real_tree(tmp_path_factory, 'make_market1501.py', 'market1501')
 
 
 @pytest.fixture(scope='session')
 def real_mars_root(tmp_path_factory):
-    """A full-size MARS tree from the official info/*.mat files (1.19 M linked images)."""
-    tool = shared_path('tools', 'make_mars.py')
-    root = tmp_path_factory.mktemp('real')
-    subprocess.run([sys.executable, str(tool), str(root / 'mars')], check=True, capture_output=True)
-    return root
+    """A full-size MARS tree from the official info/*.mat files (1.19 M images)."""
+    return _real_tree(tmp_path_factory, 'make_mars.py', 'mars')
 
 
 # Flags that make the scripts quick on a 2-core CPU: small images, random init, no workers.

@@ -112,9 +112,19 @@ def test_evaluate_2018_released_checkpoint(synthetic_root, tmp_path):
     assert len(parse_results(result.stdout)) == 1
 
 
+def test_rerank_flag_prints_results_before_and_after(trained, synthetic_root, tmp_path):
+    _, save_dir = trained['img_xent']
+    result = run_script('train_img_model_xent.py', *FAST, '--root', synthetic_root, '--evaluate', '--rerank',
+                        '--k1', '10', '--k2', '3', '--resume', save_dir / 'checkpoint_ep20.pth.tar',
+                        '--save-dir', tmp_path)
+    assert 'Results with re-ranking ----------' in result.stdout
+    assert len(parse_results(result.stdout)) == 2
+
+
 def test_video_clip_training_and_all_frame_testing(synthetic_root, tmp_path):
     result = run_script('train_vid_model_xent_htri.py', *FAST, '--root', synthetic_root, '--seq-len', '3',
                         '--clip-train', '--train-batch', '8', '--num-instances', '2', '--max-epoch', '1',
-                        '--test-sample', 'all', '--test-chunk', '4', '--pool', 'max', '--save-dir', tmp_path)
+                        '--test-sample', 'all', '--test-chunk', '4', '--pool', 'max', '--rerank',
+                        '--save-dir', tmp_path)
     assert 'Extracted features for query set, obtained 24-by-2048 matrix' in result.stdout
-    assert len(parse_results(result.stdout)) == 1
+    assert len(parse_results(result.stdout)) == 2

@@ -1,0 +1,227 @@
+"""k-reciprocal re-ranking (Zhong et al., "Re-ranking Person Re-identification with k-reciprocal
+Encoding", CVPR 2017), in bounded memory.
+
+Semantics, those of the common re_ranking function of the re-ID toolboxes. Over the
+N = num_query + num_gallery samples:
+  1. d(i, j): squared Euclidean distances (the matrices entry point squares what it is given),
+     normalised per row by the row's maximum: orig(i, j) = d(i, j) / max_j' d(i, j');
+  2. N(i, k): the k + 1 nearest samples of i (i itself included) by orig;
+     R(i, k) = {c in N(i, k) : i in N(c, k)}, the k-reciprocal neighbours;
+  3. R*(i) = R(i, k1) plus R(c, round(k1 / 2)) of each c in R(i, k1) whose set overlaps
+     R(i, k1) in more than 2/3 of its members;
+  4. V(i, j) = exp(-orig(i, j)) for j in R*(i), 0 elsewhere, normalised to sum 1 per row;
+  5. local query expansion (k2 > 1): V(i) <- mean of V(c) over the k2 nearest c of i;
+  6. Jaccard distance 1 - s / (2 - s), with s(i, j) = sum_k min(V(i, k), V(j, k));
+  7. final = (1 - lambda) * Jaccard + lambda * orig, query rows x gallery columns.
+Ties among equal distances are broken by torch.topk, as the common code leaves them to
+numpy's argsort.
+
+How it stays small: no N x N matrix is ever held. One pass over row blocks of the distances
+keeps only each row's k1 + 1 nearest neighbours and its maximum; the k-reciprocal sets and V
+are sparse (a few dozen entries a row); the Jaccard term comes from an inverted index of V;
+the final distances are produced in query-row blocks (re_ranking_blocks), which the evaluator
+can consume one at a time. Tensors stay on the device of the inputs, so a GPU does the work
+when the features are there.
+"""
+import numpy as np
+import torch
+
+from eval_metrics import segments
+
+__all__ = ['re_ranking', 're_ranking_features', 're_ranking_blocks']
+
+
+class _FeatureDistances:
+    """Squared Euclidean distances among the rows of x = [query; gallery] features, on demand."""
+
+    def __init__(self, qf, gf):
+        self.x = torch.cat([qf, gf]).float()
+        self.sq_norm = self.x.pow(2).sum(dim=1)
+        self.num_query, self.num_total = len(qf), len(self.x)
+        self.device = self.x.device
+
+    def rows(self, start, stop, cols=slice(None)):
+        """(stop - start, len(cols)) squared distances from one matmul."""
+        x, sq = self.x[cols], self.sq_norm[cols]
+        block = torch.addmm(self.sq_norm[start:stop, None] + sq[None, :], self.x[start:stop], x.t(), alpha=-2)
+        return block.clamp_(min=0)
+
+    def pairs(self, i, j, chunk=1 << 13):
+        """Squared distances of the sample pairs (i[n], j[n]), `chunk` pairs at a time (each
+        chunk gathers 2 x chunk feature rows: 134 MB at 2048-d)."""
+        out = torch.empty(len(i), device=self.x.device)
+        for s in range(0, len(i), chunk):
+            a, b = i[s:s + chunk], j[s:s + chunk]
+            out[s:s + chunk] = (self.sq_norm[a] + self.sq_norm[b] - 2 * (self.x[a] * self.x[b]).sum(1)).clamp_(min=0)
+        return out
+
+
+class _MatrixDistances:
+    """The squared distances of the (N, N) matrix [[q_q, q_g], [q_g^T, g_g]], on demand."""
+
+    def __init__(self, q_g_dist, q_q_dist, g_g_dist):
+        self.q_g, self.q_q, self.g_g = (torch.as_tensor(np.asarray(m) if not torch.is_tensor(m) else m).float()
+                                        for m in (q_g_dist, q_q_dist, g_g_dist))
+        self.num_query, self.num_total = self.q_g.shape[0], sum(self.q_g.shape)
+        self.device = self.q_g.device
+
+    def rows(self, start, stop, cols=slice(None)):
+        q = self.num_query
+        parts = []
+        if start < q:
+            parts.append(torch.cat([self.q_q[start:min(stop, q)], self.q_g[start:min(stop, q)]], dim=1))
+        if stop > q:
+            lo = max(start, q) - q
+            parts.append(torch.cat([self.q_g[:, lo:stop - q].t(), self.g_g[lo:stop - q]], dim=1))
+        return torch.cat(parts)[:, cols].square()
+
+    def pairs(self, i, j):
+        q = self.num_query
+        out = torch.empty(len(i), device=self.q_g.device)
+        for rows_query, cols_query in ((True, True), (True, False), (False, True), (False, False)):
+            mask = ((i < q) == rows_query) & ((j < q) == cols_query)
+            a, b = i[mask], j[mask]
+            if rows_query and cols_query:
+                out[mask] = self.q_q[a, b]
+            elif rows_query:
+                out[mask] = self.q_g[a, b - q]
+            elif cols_query:
+                out[mask] = self.q_g[b, a - q]
+            else:
+                out[mask] = self.g_g[a - q, b - q]
+        return out.square()
+
+
+def _reciprocal(neighbours, k):
+    """Mask (N, k + 1): whether neighbours[i, s] (among i's k + 1 nearest) has i among its own."""
+    nearest = neighbours[:, :k + 1]
+    own = torch.arange(len(nearest), device=nearest.device)[:, None, None]
+    return (nearest[nearest] == own).any(dim=2)
+
+
+def _expanded_sets(neighbours, k1, block=4096):
+    """R*(i) of step 3 as sorted (rows, cols) pairs, rows ascending, no duplicates."""
+    k_half = int(np.around(k1 / 2.0))
+    near, near_half = neighbours[:, :k1 + 1], neighbours[:, :k_half + 1]
+    recip, recip_half = _reciprocal(neighbours, k1), _reciprocal(neighbours, k_half)
+    size_half = recip_half.sum(dim=1)
+    num_total = len(neighbours)
+    keys = []
+    for start in range(0, num_total, block):
+        rows = slice(start, start + block)
+        r_set, r_mask = near[rows], recip[rows]                     # (B, k1+1)
+        cand = near_half[r_set]                                     # (B, k1+1, k_half+1): R(c, k/2) of each c
+        cand_mask = recip_half[r_set] & r_mask[..., None]
+        in_r = ((cand[..., None] == r_set[:, None, None, :]) & r_mask[:, None, None, :]).any(dim=3)
+        overlap = (in_r & cand_mask).sum(dim=2)
+        chosen = r_mask & (overlap > 2.0 / 3.0 * size_half[r_set])
+        own = torch.arange(start, start + len(r_set), device=neighbours.device)
+        members = torch.cat([torch.where(r_mask, r_set, -1),
+                             torch.where(cand_mask & chosen[..., None], cand, -1).flatten(1)], dim=1)
+        row_of = own[:, None].expand_as(members)
+        valid = members >= 0
+        keys.append(row_of[valid] * num_total + members[valid])
+    keys = torch.unique(torch.cat(keys))  # sorted: by row, then column
+    return keys // num_total, keys % num_total
+
+
+def _row_sums(values, rows, num_rows):
+    return torch.zeros(num_rows, dtype=values.dtype, device=values.device).index_add_(0, rows, values)
+
+
+def _merge_duplicates(rows, cols, values, num_total):
+    """Sum the values of equal (row, col) pairs; return them sorted by row, then column."""
+    keys, inverse = torch.unique(rows * num_total + cols, return_inverse=True)
+    merged = torch.zeros(len(keys), dtype=values.dtype, device=values.device).index_add_(0, inverse, values)
+    return keys // num_total, keys % num_total, merged
+
+
+def re_ranking_blocks(distances, k1=20, k2=6, lambda_value=0.3, block_size=256, keep_bytes=1 << 30):
+    """Yield (first_query, (B, num_gallery) re-ranked distances) for consecutive query blocks.
+
+    distances: a _FeatureDistances or _MatrixDistances. The query x gallery part of the
+    distances is kept from the first pass when it fits in keep_bytes, else recomputed.
+    """
+    if k1 < 1 or not 1 <= k2 <= k1 + 1 or not 0 <= lambda_value <= 1:
+        raise ValueError(f'need k1 >= 1, 1 <= k2 <= k1 + 1 and 0 <= lambda <= 1; got k1={k1}, k2={k2}, '
+                         f'lambda={lambda_value}')
+    num_query, num_total = distances.num_query, distances.num_total
+    if num_total < k1 + 1:
+        raise ValueError(f'k1={k1} needs at least {k1 + 1} query + gallery samples, got {num_total}')
+    num_gallery = num_total - num_query
+
+    # 1-2. One pass over row blocks: nearest neighbours and row maxima.
+    device = distances.device
+    neighbours = torch.empty(num_total, k1 + 1, dtype=torch.int64, device=device)
+    row_max = torch.empty(num_total, device=device)
+    keep = num_query * num_gallery * 4 <= keep_bytes
+    query_gallery = torch.empty(num_query if keep else 0, num_gallery, device=device)
+    for start in range(0, num_total, block_size):
+        stop = min(start + block_size, num_total)
+        block = distances.rows(start, stop)
+        row_max[start:stop] = block.amax(dim=1)
+        neighbours[start:stop] = torch.topk(block, k1 + 1, dim=1, largest=False, sorted=True).indices
+        if keep and start < num_query:
+            query_gallery[start:min(stop, num_query)] = block[:num_query - start, num_query:]
+        del block
+    row_max.clamp_(min=torch.finfo(torch.float32).tiny)
+
+    # 3-4. Sparse V over the expanded k-reciprocal sets.
+    rows, cols = _expanded_sets(neighbours, k1)
+    weights = torch.exp(-distances.pairs(rows, cols) / row_max[rows])
+    values = weights / _row_sums(weights, rows, num_total)[rows]
+
+    # 5. Local query expansion: the mean of the V rows of the k2 nearest neighbours.
+    if k2 != 1:
+        row_start = torch.cumsum(torch.bincount(rows, minlength=num_total), 0)
+        row_start = torch.cat([row_start.new_zeros(1), row_start])
+        row_count = row_start[1:] - row_start[:-1]
+        owner = torch.arange(num_total, device=device).repeat_interleave(k2)
+        source = neighbours[:, :k2].reshape(-1)
+        pair, offset = segments(row_count[source])
+        entry = row_start[source][pair] + offset
+        rows, cols, values = _merge_duplicates(owner[pair], cols[entry], values[entry] / k2, num_total)
+
+    # 6. Inverted index of V over gallery rows: for each column k, the gallery rows j with V(j, k) > 0.
+    is_gallery = rows >= num_query
+    g_rows, g_cols, g_values = rows[is_gallery], cols[is_gallery], values[is_gallery]
+    by_col = torch.argsort(g_cols, stable=True)
+    col_rows, col_values = g_rows[by_col] - num_query, g_values[by_col]
+    col_count = torch.bincount(g_cols, minlength=num_total)
+    col_start = torch.cumsum(col_count, 0) - col_count
+    query_end = int(torch.searchsorted(rows, torch.tensor(num_query, device=device)))
+
+    # 6-7. Final distances, a block of queries at a time.
+    for start in range(0, num_query, block_size):
+        stop = min(start + block_size, num_query)
+        lo, hi = torch.searchsorted(rows[:query_end], torch.tensor([start, stop], device=device)).tolist()
+        q_rows, q_cols, q_values = rows[lo:hi] - start, cols[lo:hi], values[lo:hi]
+        pair, offset = segments(col_count[q_cols])
+        entry = col_start[q_cols][pair] + offset
+        shared = torch.zeros((stop - start) * num_gallery, device=device)
+        shared.index_add_(0, q_rows[pair] * num_gallery + col_rows[entry],
+                          torch.minimum(q_values[pair], col_values[entry]))
+        shared = shared.view(stop - start, num_gallery)
+        jaccard = 1 - shared / (2 - shared)
+        original = query_gallery[start:stop] if keep else distances.rows(start, stop, slice(num_query, None))
+        yield start, jaccard * (1 - lambda_value) + (original / row_max[start:stop, None]) * lambda_value
+
+
+def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
+    """Re-ranked (num_query, num_gallery) distances from the three distance matrices, as the
+    common function of the re-ID toolboxes: the given distances are squared first (pass plain
+    Euclidean distances to match re_ranking_features). numpy arrays give a numpy array,
+    tensors a tensor."""
+    distances = _MatrixDistances(q_g_dist, q_q_dist, g_g_dist)
+    out = torch.cat([block for _, block in re_ranking_blocks(distances, k1, k2, lambda_value)])
+    return out if torch.is_tensor(q_g_dist) else out.cpu().numpy()
+
+
+def re_ranking_features(qf, gf, k1=20, k2=6, lambda_value=0.3, stream=False):
+    """Re-ranked distances from (num_query, D) and (num_gallery, D) features (squared Euclidean).
+
+    stream=False: the (num_query, num_gallery) tensor; stream=True: the generator of
+    (first_query, block) of re_ranking_blocks, for evaluate_blocks at large scale.
+    """
+    blocks = re_ranking_blocks(_FeatureDistances(qf, gf), k1, k2, lambda_value)
+    return blocks if stream else torch.cat([block for _, block in blocks])
