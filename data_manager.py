@@ -37,6 +37,11 @@ def _relabel(items):
     return [(x, pid2label[pid], camid) for x, pid, camid in items]
 
 
+def mars_folder(pid):
+    """MARS folder and name prefix of a pid: 12 -> '0012', 0 -> '0000', -1 (junk) -> '00-1'."""
+    return str(pid).rjust(4, '0')
+
+
 def _print_table(name, unit, rows, footer=None):
     print(f'=> {name} loaded')
     print('Dataset statistics:')
@@ -188,7 +193,7 @@ class Mars:
                 raise DatasetError(f'{what}: row ({start}, {end}, {pid}, {cam}) points outside the '
                                    f'{len(names)} names of the name file')
             img_names = names[start - 1:end]
-            pid_folder = f'{pid:04d}'
+            pid_folder = mars_folder(pid)
             if {n[:4] for n in img_names} != {pid_folder} or {n[5] for n in img_names} != {str(cam)}:
                 bad = next(n for n in img_names if n[:4] != pid_folder or n[5] != str(cam))
                 raise DatasetError(f'{what}: name {bad!r} in rows {start}..{end} does not match the '

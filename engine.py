@@ -14,10 +14,10 @@ from torch.utils.data import DataLoader
 
 import data_manager
 import models
+import rerank
 import utils
 from dataset_loader import ImageDataset, ImageReadError, VideoDataset, frames_of
 from eval_metrics import NoValidQueryError, evaluate_blocks, evaluate_features
-from rerank import re_ranking_features
 from samplers import RandomIdentitySampler
 from transforms import build_transforms
 
@@ -57,9 +57,10 @@ class ReIDArgumentParser(argparse.ArgumentParser):
             if args.train_batch % args.num_instances:
                 self.error(f'--train-batch {args.train_batch} must be divisible by --num-instances '
                            f'{args.num_instances} (each batch holds P identities x K instances)')
-        if args.k1 < 1 or not 1 <= args.k2 <= args.k1 + 1 or not 0 <= args.lambda_value <= 1:
-            self.error(f're-ranking needs --k1 >= 1, 1 <= --k2 <= k1 + 1 and 0 <= --lambda-value <= 1; '
-                       f'got {args.k1}, {args.k2}, {args.lambda_value}')
+        try:
+            rerank.check_parameters(args.k1, args.k2, args.lambda_value)
+        except ValueError as error:
+            self.error(str(error))
         if hasattr(args, 'seq_len') and args.seq_len < 1:
             self.error(f'--seq-len must be at least 1, got {args.seq_len}')
         return args
@@ -123,11 +124,11 @@ def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False
     misc.add_argument('--gpu-devices', default='0', type=str, help='CUDA_VISIBLE_DEVICES, e.g. 0,1,2,3')
     misc.add_argument('--amp', action='store_true', help='bfloat16 autocast on CUDA (faster; ignored on CPU)')
 
-    rerank = parser.add_argument_group('k-reciprocal re-ranking (Zhong et al., CVPR 2017)')
-    rerank.add_argument('--rerank', action='store_true', help='also report results after re-ranking')
-    rerank.add_argument('--k1', type=int, default=20)
-    rerank.add_argument('--k2', type=int, default=6)
-    rerank.add_argument('--lambda-value', type=float, default=0.3)
+    reranking = parser.add_argument_group('k-reciprocal re-ranking (Zhong et al., CVPR 2017)')
+    reranking.add_argument('--rerank', action='store_true', help='also report results after re-ranking')
+    reranking.add_argument('--k1', type=int, default=20)
+    reranking.add_argument('--k2', type=int, default=6)
+    reranking.add_argument('--lambda-value', type=float, default=0.3)
     return parser
 
 
@@ -257,7 +258,7 @@ def test(model, queryloader, galleryloader, device, args):
     print_results(result)
     if args.rerank:
         print(f'Applying k-reciprocal re-ranking (k1={args.k1}, k2={args.k2}, lambda={args.lambda_value})')
-        blocks = re_ranking_features(qf, gf, args.k1, args.k2, args.lambda_value, stream=True)
+        blocks = rerank.re_ranking_features(qf, gf, args.k1, args.k2, args.lambda_value, stream=True)
         print_results(evaluate_blocks(blocks, q_pids, g_pids, q_camids, g_camids, verbose=False),
                       title='Results with re-ranking')
     return result.cmc[0], result.mAP

@@ -13,15 +13,16 @@ Protocol (Market-1501/MARS, as in deep-person-reid, fast-reid and BoT):
 How it stays fast: only the ranks of the true matches are needed, not a sorted gallery.
 Per block of queries:
   1. true matches and same-camera junk come from a per-pid index of the gallery (sparse);
-  2. each distance becomes an int32 key whose order is the float order; junk gets the
-     largest key, so it ranks after every true match and never counts;
+  2. each distance becomes an int32 key whose order is the float order (the float bits
+     themselves when distances are non-negative: no copy);
   3. keys are cut into buckets per query (a monotone quantisation, NUM_BUCKETS of them over
      the range of the query's true-match keys, one below and one above) and one bincount
      gives, for each true match, the number of entries in lower buckets;
   4. the few entries that share a bucket with a true match are sorted exactly by
      (key, gallery index), which gives the entries before the match inside its bucket.
-  rank = 1 + (entries in lower buckets) + (entries before it in its bucket), exactly what a
-  stable sort of the whole row would give, for about a dozen cheap passes over the block.
+  rank = 1 + (entries in lower buckets) + (entries before it in its bucket) - (junk entries
+  before it, counted sparsely), exactly what a stable sort of the whole row would give, for
+  about a dozen cheap passes over the block.
 
 Queries are processed in blocks, so features can be turned into distances block by block
 (evaluate_features) and peak memory does not grow with num_query x num_gallery.

@@ -28,7 +28,7 @@ import torch
 
 from eval_metrics import segments
 
-__all__ = ['re_ranking', 're_ranking_features', 're_ranking_blocks']
+__all__ = ['re_ranking', 're_ranking_features', 're_ranking_blocks', 'check_parameters']
 
 
 class _FeatureDistances:
@@ -136,15 +136,20 @@ def _merge_duplicates(rows, cols, values, num_total):
     return keys // num_total, keys % num_total, merged
 
 
+def check_parameters(k1, k2, lambda_value):
+    """Raise ValueError unless k1 >= 1, 1 <= k2 <= k1 + 1 and 0 <= lambda_value <= 1."""
+    if k1 < 1 or not 1 <= k2 <= k1 + 1 or not 0 <= lambda_value <= 1:
+        raise ValueError(f're-ranking needs --k1 >= 1, 1 <= --k2 <= k1 + 1 and 0 <= --lambda-value <= 1; '
+                         f'got {k1}, {k2}, {lambda_value}')
+
+
 def re_ranking_blocks(distances, k1=20, k2=6, lambda_value=0.3, block_size=256, keep_bytes=1 << 30):
     """Yield (first_query, (B, num_gallery) re-ranked distances) for consecutive query blocks.
 
     distances: a _FeatureDistances or _MatrixDistances. The query x gallery part of the
     distances is kept from the first pass when it fits in keep_bytes, else recomputed.
     """
-    if k1 < 1 or not 1 <= k2 <= k1 + 1 or not 0 <= lambda_value <= 1:
-        raise ValueError(f'need k1 >= 1, 1 <= k2 <= k1 + 1 and 0 <= lambda <= 1; got k1={k1}, k2={k2}, '
-                         f'lambda={lambda_value}')
+    check_parameters(k1, k2, lambda_value)
     num_query, num_total = distances.num_query, distances.num_total
     if num_total < k1 + 1:
         raise ValueError(f'k1={k1} needs at least {k1 + 1} query + gallery samples, got {num_total}')
@@ -173,9 +178,8 @@ def re_ranking_blocks(distances, k1=20, k2=6, lambda_value=0.3, block_size=256, 
 
     # 5. Local query expansion: the mean of the V rows of the k2 nearest neighbours.
     if k2 != 1:
-        row_start = torch.cumsum(torch.bincount(rows, minlength=num_total), 0)
-        row_start = torch.cat([row_start.new_zeros(1), row_start])
-        row_count = row_start[1:] - row_start[:-1]
+        row_count = torch.bincount(rows, minlength=num_total)
+        row_start = torch.cumsum(row_count, 0) - row_count
         owner = torch.arange(num_total, device=device).repeat_interleave(k2)
         source = neighbours[:, :k2].reshape(-1)
         pair, offset = segments(row_count[source])

@@ -18,6 +18,8 @@ import numpy as np
 from PIL import Image
 from scipy.io import savemat
 
+from data_manager import mars_folder
+
 IMG_HEIGHT, IMG_WIDTH = 128, 64  # Market-1501's image size
 NUM_CAMERAS = 6
 
@@ -184,11 +186,6 @@ def make_market1501(out_dir, num_train_ids=32, num_test_ids=32, images_per_camer
         row = int(rng.integers(0, IMG_HEIGHT - 24))
         shoot(random_person(rng), int(rng.integers(1, NUM_CAMERAS + 1)), -1, 'bounding_box_test',
               crop_to=(row, row + 24))
-
-
-def mars_folder(pid):
-    """MARS folder and name prefix of a pid: 12 -> '0012', 0 -> '0000', -1 (junk) -> '00-1'."""
-    return str(pid).rjust(4, '0')
 
 
 def make_mars(out_dir, num_train_ids=24, num_test_ids=24, frames=(6, 24), cameras_per_id=3,
