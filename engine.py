@@ -1,8 +1,8 @@
-"""What the four training scripts share: arguments, device, data, train loop, test loop, checkpoints.
+"""What the four training scripts share: device, data, train loop, test loop, checkpoints.
 
-A script chooses image or video data, its loss set and its criterion, and calls main(args, ...).
+A script chooses image or video data, its loss set and its criterion, and calls main(args, ...);
+its command line comes from options.py.
 """
-import argparse
 import datetime
 import os
 import sys
@@ -14,7 +14,9 @@ from torch.utils.data import DataLoader
 
 import data_manager
 import models
+import options
 import rerank
+import solver
 import utils
 from dataset_loader import ImageDataset, ImageReadError, VideoDataset, frames_of
 from eval_metrics import NoValidQueryError, evaluate_blocks, evaluate_features
@@ -30,106 +32,6 @@ class UsageError(Exception):
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
-
-
-class ReIDArgumentParser(argparse.ArgumentParser):
-    """ArgumentParser that also rejects invalid flag combinations, argparse-style."""
-
-    def parse_args(self, args=None, namespace=None):
-        args = super().parse_args(args, namespace)
-        for flag, value in (('--height', args.height), ('--width', args.width),
-                            ('--train-batch', args.train_batch), ('--test-batch', args.test_batch),
-                            ('--max-epoch', args.max_epoch)):
-            if value < 1:
-                self.error(f'{flag} must be positive, got {value}')
-        if args.eval_step == 0 or args.eval_step < -1:
-            self.error(f'--eval-step must be a positive number of epochs, or -1 to test after '
-                       f'training only; got {args.eval_step}')
-        if args.stepsize < 0:
-            self.error(f'--stepsize must be >= 0 (0 disables the decay), got {args.stepsize}')
-        if args.resume and not os.path.isfile(args.resume):
-            self.error(f'--resume {args.resume}: no such file')
-        if args.pretrained_path and not os.path.isfile(args.pretrained_path):
-            self.error(f'--pretrained-path {args.pretrained_path}: no such file')
-        if hasattr(args, 'num_instances'):
-            if args.num_instances < 1:
-                self.error(f'--num-instances must be positive, got {args.num_instances}')
-            if args.train_batch % args.num_instances:
-                self.error(f'--train-batch {args.train_batch} must be divisible by --num-instances '
-                           f'{args.num_instances} (each batch holds P identities x K instances)')
-        try:
-            rerank.check_parameters(args.k1, args.k2, args.lambda_value)
-        except ValueError as error:
-            self.error(str(error))
-        if hasattr(args, 'seq_len') and args.seq_len < 1:
-            self.error(f'--seq-len must be at least 1, got {args.seq_len}')
-        return args
-
-
-def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False, triplet=False):
-    """The classic deep-person-reid flags, with the script's defaults."""
-    parser = ReIDArgumentParser(description=description,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    data = parser.add_argument_group('data')
-    data.add_argument('-d', '--dataset', default='mars' if video else 'market1501',
-                      choices=data_manager.get_names())
-    data.add_argument('--root', default='data', help='datasets live in <root>/<dataset> (default: %(default)s)')
-    data.add_argument('-j', '--workers', default=4, type=int, help='data loading processes (default: %(default)s)')
-    data.add_argument('--height', type=int, default=256, help='image height (default: %(default)s)')
-    data.add_argument('--width', type=int, default=128, help='image width (default: %(default)s)')
-
-    optim = parser.add_argument_group('optimisation (Adam)')
-    optim.add_argument('--max-epoch', default=max_epoch, type=int)
-    optim.add_argument('--start-epoch', default=0, type=int, help='first epoch, when not resuming')
-    optim.add_argument('--train-batch', default=32, type=int)
-    optim.add_argument('--test-batch', default=test_batch, type=int,
-                       help='tracklets per test batch' if video else 'images per test batch')
-    optim.add_argument('--lr', '--learning-rate', default=3e-4, type=float)
-    optim.add_argument('--stepsize', default=stepsize, type=int,
-                       help='decay the learning rate every this many epochs; 0 disables (default: %(default)s)')
-    optim.add_argument('--gamma', default=0.1, type=float, help='learning-rate decay factor')
-    optim.add_argument('--weight-decay', default=5e-4, type=float)
-    if triplet:
-        optim.add_argument('--margin', type=float, default=0.3, help='triplet loss margin')
-        optim.add_argument('--num-instances', type=int, default=4,
-                           help='K, instances per identity in a batch (P = train-batch / K)')
-        optim.add_argument('--htri-only', action='store_true', help='train with the triplet loss alone')
-
-    arch = parser.add_argument_group('model')
-    arch.add_argument('-a', '--arch', default='resnet50', choices=models.get_names())
-    arch.add_argument('--no-pretrained', action='store_true',
-                      help='random initialisation instead of ImageNet weights (no download)')
-    arch.add_argument('--pretrained-path', metavar='PATH',
-                      help='local torchvision ImageNet weights file, e.g. resnet50-0676ba61.pth')
-    if video:
-        arch.add_argument('--seq-len', type=int, default=15, help='frames per clip')
-        arch.add_argument('--pool', default='avg', choices=('avg', 'max'), help='temporal pooling')
-        arch.add_argument('--clip-train', action='store_true',
-                          help='train on (B, seq-len, C, H, W) clips with temporal pooling; default: '
-                               'decompose tracklets into frames and train on images')
-        arch.add_argument('--test-sample', default='evenly', choices=('evenly', 'all'),
-                          help='test on seq-len evenly spaced frames per tracklet, or on all of them')
-        arch.add_argument('--test-chunk', type=int, default=64,
-                          help='with --test-sample all: frames per forward pass (bounds memory)')
-
-    misc = parser.add_argument_group('run')
-    misc.add_argument('--print-freq', type=int, default=10, help='print every this many batches')
-    misc.add_argument('--seed', type=int, default=1)
-    misc.add_argument('--resume', default='', metavar='PATH', help='checkpoint to continue from or evaluate')
-    misc.add_argument('--evaluate', action='store_true', help='evaluate only')
-    misc.add_argument('--eval-step', type=int, default=-1,
-                      help='test and checkpoint every this many epochs; -1: after training only')
-    misc.add_argument('--save-dir', type=str, default='log')
-    misc.add_argument('--use-cpu', action='store_true', help='run on the CPU even if CUDA is available')
-    misc.add_argument('--gpu-devices', default='0', type=str, help='CUDA_VISIBLE_DEVICES, e.g. 0,1,2,3')
-    misc.add_argument('--amp', action='store_true', help='bfloat16 autocast on CUDA (faster; ignored on CPU)')
-
-    reranking = parser.add_argument_group('k-reciprocal re-ranking (Zhong et al., CVPR 2017)')
-    reranking.add_argument('--rerank', action='store_true', help='also report results after re-ranking')
-    reranking.add_argument('--k1', type=int, default=20)
-    reranking.add_argument('--k2', type=int, default=6)
-    reranking.add_argument('--lambda-value', type=float, default=0.3)
-    return parser
 
 
 def setup_device(args):
@@ -156,7 +58,7 @@ def build_loaders(args, dataset, video, triplet, use_gpu):
     Video training decomposes tracklets into frames (image batches) unless --clip-train.
     Test loaders draw from their own generator, so testing never moves the training RNG.
     """
-    transform_train, transform_test = build_transforms(args.height, args.width)
+    transform_train, transform_test = build_transforms(args.height, args.width, args.augment, args.random_erasing)
     clip_train = video and args.clip_train
     train_items = dataset.train if not video or clip_train else frames_of(dataset.train)
     if clip_train:
@@ -193,8 +95,13 @@ def build_loaders(args, dataset, video, triplet, use_gpu):
     return trainloader, test_loader('query'), test_loader('gallery')
 
 
-def train_one_epoch(epoch, model, criterion, optimizer, trainloader, device, args):
-    """One pass over the training data; prints the classic 'Batch i/n  Loss val (avg)' lines."""
+def train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, trainloader, device, args):
+    """One pass over the training data; prints the classic 'Batch i/n  Loss val (avg)' lines.
+
+    With the center loss, its centers take their own SGD step, on a gradient rescaled by
+    1 / --center-loss so that the weight scales the term for the network only (as the BoT
+    reference does).
+    """
     model.train()
     losses = utils.AverageMeter()
     start, num_samples = time.time(), 0
@@ -208,8 +115,13 @@ def train_one_epoch(epoch, model, criterion, optimizer, trainloader, device, arg
                 f'Training stopped; checkpoints already written are kept. Check the learning rate '
                 f'(--lr {args.lr}), and with --amp try without it.')
         optimizer.zero_grad(set_to_none=True)
+        if center_optimizer is not None:
+            center_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if center_optimizer is not None:
+            criterion.center.centers.grad.mul_(1 / criterion.center_weight)
+            center_optimizer.step()
         losses.update(loss.item(), pids.size(0))
         num_samples += pids.size(0)
         if (batch_idx + 1) % args.print_freq == 0:
@@ -220,40 +132,46 @@ def train_one_epoch(epoch, model, criterion, optimizer, trainloader, device, arg
 
 
 @torch.inference_mode()
-def extract_features(model, loader, device, pool='avg', chunk=64):
-    """Features of a test split: ((N, D) float32 on the device, pids (N,), camids (N,)).
+def extract_features(model, loader, device, flip=False, pool='avg', chunk=64):
+    """Test features of a split: ((N, D) float32 on the device, pids (N,), camids (N,)).
 
-    Batches are images (B, C, H, W) or clips (B, S, C, H, W), which the model pools itself; a
-    whole tracklet (1, N, C, H, W) from sample='all' goes through in chunks of `chunk` frames
-    and is pooled here, so memory does not grow with the tracklet length.
+    Each image goes through models.TestFeatureNet (the model's test feature, averaged with its
+    mirror image's with flip). Clips (B, S, C, H, W) are run as B x S frames and pooled per
+    clip; a whole tracklet (1, N, C, H, W) from sample='all' goes through in chunks of `chunk`
+    frames, so memory does not grow with the tracklet length. Features are not normalised:
+    the cosine metric normalises them.
     """
-    model.eval()
+    net = models.TestFeatureNet(model, flip=flip).eval()
     features, pids, camids = [], [], []
     for imgs, batch_pids, batch_camids in loader:
         imgs = imgs.to(device, non_blocking=True)
-        if getattr(loader.dataset, 'sample', None) == 'all':
-            frame_features = torch.cat([model(frames) for frames in imgs[0].split(chunk)])
-            features.append(models.temporal_pool(frame_features[None], pool))
+        if imgs.dim() == 5:
+            frames = imgs.flatten(0, 1)
+            step = chunk if getattr(loader.dataset, 'sample', None) == 'all' else len(frames)
+            frame_features = torch.cat([net(part) for part in frames.split(step)])
+            features.append(models.temporal_pool(frame_features.view(imgs.shape[0], imgs.shape[1], -1), pool))
         else:
-            features.append(model(imgs))
+            features.append(net(imgs))
         pids.append(batch_pids)
         camids.append(batch_camids)
     return torch.cat(features).float(), torch.cat(pids), torch.cat(camids)
 
 
 def test(model, queryloader, galleryloader, device, args):
-    """Extract features, rank the gallery for every query, print mAP and CMC (and, with --rerank,
-    again after re-ranking); return (rank1, mAP) without re-ranking."""
+    """Extract features, rank the gallery for every query by --dist-metric, print mAP and CMC
+    (and, with --rerank, again after re-ranking); return (rank1, mAP) without re-ranking."""
     pool, chunk = getattr(args, 'pool', 'avg'), getattr(args, 'test_chunk', 64)
     start = time.time()
-    qf, q_pids, q_camids = extract_features(model, queryloader, device, pool, chunk)
+    qf, q_pids, q_camids = extract_features(model, queryloader, device, args.flip_test, pool, chunk)
     print(f'Extracted features for query set, obtained {qf.shape[0]}-by-{qf.shape[1]} matrix')
-    gf, g_pids, g_camids = extract_features(model, galleryloader, device, pool, chunk)
+    gf, g_pids, g_camids = extract_features(model, galleryloader, device, args.flip_test, pool, chunk)
     print(f'Extracted features for gallery set, obtained {gf.shape[0]}-by-{gf.shape[1]} matrix')
     print(f'==> Feature extraction: {time.time() - start:.1f} s')
-    print('Computing distance matrix')
+    print(f'Computing distance matrix ({args.dist_metric})')
     print('Computing CMC and mAP')
-    # Squared Euclidean distances, computed and ranked block by block (eval_metrics).
+    # Distances are computed and ranked block by block (eval_metrics).
+    if args.dist_metric == 'cosine':  # squared distances of unit vectors rank as cosine distances
+        qf, gf = torch.nn.functional.normalize(qf, dim=1), torch.nn.functional.normalize(gf, dim=1)
     result = evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids)
     print_results(result)
     if args.rerank:
@@ -293,34 +211,53 @@ def main(args, *, video, loss, build_criterion):
             sys.exit(1)
 
 
+def print_recipe(args):
+    if args.recipe_set:
+        print(f'--recipe {args.recipe} sets: ' + ', '.join(f'--{k.replace("_", "-")} {v}' for k, v in args.recipe_set.items()))
+    if args.recipe_overridden:
+        print('  given explicitly instead: ' + ', '.join(f'--{k.replace("_", "-")} {getattr(args, k)}'
+                                                     for k in args.recipe_overridden))
+
+
 def run(args, *, video, loss, build_criterion):
     start_time = time.time()
     print(f'==========\nArgs:{args}\n==========')
+    print_recipe(args)
     utils.set_seed(args.seed)
     device = setup_device(args)
     use_gpu = device.type == 'cuda'
     if args.amp and not use_gpu:
         print('Note: --amp only applies on CUDA; running in float32')
 
+    checkpoint = utils.load_checkpoint(args.resume) if args.resume else None
+    try:
+        taken = options.resolve_model_config(args, checkpoint)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    if taken:
+        print('From the checkpoint: ' + ', '.join(f'{k} {v}' for k, v in taken))
+
     print(f'Initializing dataset {args.dataset}')
     dataset = data_manager.init_dataset(args.dataset, root=args.root)
     trainloader, queryloader, galleryloader = build_loaders(args, dataset, video, 'htri' in loss, use_gpu)
 
     print(f'Initializing model: {args.arch}')
+    model_loss = loss | {'cent'} if args.center_loss > 0 else loss
     # With --resume the checkpoint replaces the ImageNet weights: do not fetch them.
-    model = models.init_model(args.arch, num_classes=dataset.num_train_pids, loss=loss,
+    model = models.init_model(args.arch, num_classes=dataset.num_train_pids, loss=model_loss,
                               pretrained=not (args.no_pretrained or args.resume),
-                              pretrained_path=args.pretrained_path, pool=getattr(args, 'pool', 'avg'))
+                              pretrained_path=args.pretrained_path, pool=getattr(args, 'pool', 'avg'),
+                              last_stride=args.last_stride, neck='bnneck' if args.bnneck else 'none',
+                              neck_feat=args.neck_feat)
     print(f'Model size: {sum(p.numel() for p in model.parameters()) / 1e6:.5f}M')
-    criterion = build_criterion(args, dataset.num_train_pids)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    # --stepsize 0 disables the decay: a constant schedule keeps the code path the same.
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.stepsize or 1,
-                                                gamma=args.gamma if args.stepsize > 0 else 1.0)
+    criterion = build_criterion(args, dataset.num_train_pids, model.feat_dim).to(device)
+    optimizer = solver.build_optimizer(model.parameters(), args.optim, args.lr, args.weight_decay, args.momentum)
+    center_optimizer = None
+    if criterion.center is not None:
+        center_optimizer = torch.optim.SGD(criterion.center.parameters(), lr=args.center_lr)
 
     start_epoch, best_rank1, best_epoch = args.start_epoch, -float('inf'), 0
-    if args.resume:
-        checkpoint = utils.load_checkpoint(args.resume)
+    if checkpoint is not None:
         skipped = utils.load_model_weights(model, checkpoint['state_dict'])
         print(f'Loaded checkpoint {args.resume}' + (f' (epoch {checkpoint["epoch"]})' if 'epoch' in checkpoint else ''))
         if skipped:
@@ -329,7 +266,12 @@ def run(args, *, video, loss, build_criterion):
         if not args.evaluate:
             if 'optimizer' in checkpoint and not skipped:
                 optimizer.load_state_dict(checkpoint['optimizer'])
-                scheduler.load_state_dict(checkpoint['scheduler'])
+                if center_optimizer is not None:
+                    if 'center_optimizer' not in checkpoint:
+                        raise UsageError(f'--center-loss is on but the checkpoint {args.resume} was trained '
+                                         f'without it: resume with the flags of that run')
+                    criterion.load_state_dict(checkpoint['criterion'])
+                    center_optimizer.load_state_dict(checkpoint['center_optimizer'])
                 utils.set_rng_state(checkpoint['rng'])
                 start_epoch = checkpoint['epoch']
                 best_rank1, best_epoch = checkpoint['best_rank1'], checkpoint['best_epoch']
@@ -337,6 +279,7 @@ def run(args, *, video, loss, build_criterion):
             else:
                 print('Note: the checkpoint holds weights only (no optimizer state for this data); '
                       f'training starts from them at epoch {start_epoch + 1} with a fresh optimizer')
+    scheduler = solver.build_scheduler(optimizer, args, start_epoch)
 
     model = model.to(device)
     if use_gpu and torch.cuda.device_count() > 1:
@@ -353,7 +296,7 @@ def run(args, *, video, loss, build_criterion):
     try:
         for epoch in range(start_epoch, args.max_epoch):
             print(f'==> Epoch {epoch + 1}/{args.max_epoch}  (lr {scheduler.get_last_lr()[0]:.2e})')
-            train_one_epoch(epoch, model, criterion, optimizer, trainloader, device, args)
+            train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, trainloader, device, args)
             scheduler.step()
             if (args.eval_step > 0 and (epoch + 1) % args.eval_step == 0) or epoch + 1 == args.max_epoch:
                 print('==> Test')
@@ -362,12 +305,15 @@ def run(args, *, video, loss, build_criterion):
                 if is_best:
                     best_rank1, best_epoch = rank1, epoch + 1
                 last_checkpoint = os.path.join(args.save_dir, f'checkpoint_ep{epoch + 1}.pth.tar')
-                utils.save_checkpoint({
+                state = {
                     'state_dict': unwrap(model).state_dict(), 'epoch': epoch + 1, 'arch': args.arch,
-                    'rank1': float(rank1), 'mAP': float(mAP), 'best_rank1': float(best_rank1),
-                    'best_epoch': best_epoch, 'optimizer': optimizer.state_dict(),
-                    'scheduler': scheduler.state_dict(), 'rng': utils.rng_state(), 'args': vars(args),
-                }, last_checkpoint)
+                    'model': options.model_config(args, video), 'rank1': float(rank1), 'mAP': float(mAP),
+                    'best_rank1': float(best_rank1), 'best_epoch': best_epoch,
+                    'optimizer': optimizer.state_dict(), 'rng': utils.rng_state(), 'args': vars(args),
+                }
+                if center_optimizer is not None:
+                    state.update(criterion=criterion.state_dict(), center_optimizer=center_optimizer.state_dict())
+                utils.save_checkpoint(state, last_checkpoint)
                 if is_best:
                     utils.copy_file_atomic(last_checkpoint, os.path.join(args.save_dir, 'best_model.pth.tar'))
     except KeyboardInterrupt:

@@ -1,9 +1,9 @@
-"""Re-ID objectives: label-smoothed cross entropy and batch-hard triplet loss."""
+"""Re-ID objectives: label-smoothed cross entropy, batch-hard triplet loss and center loss."""
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ['CrossEntropyLabelSmooth', 'TripletLoss', 'XentTripletLoss', 'pairwise_euclidean']
+__all__ = ['CrossEntropyLabelSmooth', 'TripletLoss', 'CenterLoss', 'ReIDLoss', 'pairwise_euclidean']
 
 
 class CrossEntropyLabelSmooth(nn.Module):
@@ -65,20 +65,59 @@ class TripletLoss(nn.Module):
         return F.relu(dist_ap - dist_an + self.margin)[has_triplet].mean()
 
 
-class XentTripletLoss(nn.Module):
-    """The objective of the *_xent_htri scripts: label-smoothed cross entropy on the logits plus
-    the batch-hard triplet loss on the features, or the triplet term alone (htri_only).
-    inputs: the model's training output (logits (B, num_classes), features (B, D)); targets: (B,).
+class CenterLoss(nn.Module):
+    """Center loss (Wen et al., ECCV 2016) as the BoT reference computes it: the mean over the
+    batch of the squared Euclidean distance between each feature and its class center,
+    (1 / B) sum_i ||x_i - c_{y_i}||^2 (each term clamped to [1e-12, 1e12]).
+
+    The centers (num_classes, feat_dim) are a parameter of this module, trained by an optimizer
+    of their own (engine: SGD at --center-lr), not by the network's.
+    inputs: features (B, feat_dim); targets: pids (B,).
     """
 
-    def __init__(self, num_classes, margin=0.3, htri_only=False):
+    def __init__(self, num_classes, feat_dim):
         super().__init__()
-        self.xent = CrossEntropyLabelSmooth(num_classes)
-        self.htri = TripletLoss(margin)
-        self.htri_only = htri_only
+        self.centers = nn.Parameter(torch.randn(num_classes, feat_dim))
 
     def forward(self, inputs, targets):
-        logits, features = inputs
-        if self.htri_only:
-            return self.htri(features, targets)
-        return self.xent(logits, targets) + self.htri(features, targets)
+        dist = (inputs - self.centers[targets]).pow(2).sum(dim=1)
+        return dist.clamp(min=1e-12, max=1e12).mean()
+
+
+class ReIDLoss(nn.Module):
+    """The objective of the training scripts: cross entropy on the logits (label_smooth: epsilon of
+    the label smoothing, 0 for plain cross entropy), plus,
+    on the features, the batch-hard triplet loss (margin given) and the center loss weighted by
+    center_weight (> 0); htri_only keeps the triplet term alone.
+
+    inputs: the model's training output, logits (B, num_classes) or (logits, features (B, D));
+    targets: (B,). The losses run in float32 whatever autocast chose for the network: squared
+    distances of float16 features overflow.
+    """
+
+    def __init__(self, num_classes, label_smooth=0.1, margin=None, htri_only=False, center_weight=0.0,
+                 feat_dim=None):
+        super().__init__()
+        if htri_only and margin is None:
+            raise ValueError('htri_only needs the triplet loss (a margin)')
+        self.xent = CrossEntropyLabelSmooth(num_classes, epsilon=label_smooth)
+        self.htri = TripletLoss(margin) if margin is not None else None
+        self.htri_only = htri_only
+        self.center_weight = center_weight
+        self.center = CenterLoss(num_classes, feat_dim) if center_weight > 0 else None
+
+    @property
+    def needs_features(self):
+        return self.htri is not None or self.center is not None
+
+    def forward(self, inputs, targets):
+        logits, features = inputs if self.needs_features else (inputs, None)
+        with torch.autocast(logits.device.type, enabled=False):
+            logits = logits.float()
+            features = features.float() if features is not None else None
+            loss = self.htri(features, targets) if self.htri is not None else logits.new_zeros(())
+            if not self.htri_only:
+                loss = loss + self.xent(logits, targets)
+            if self.center is not None:
+                loss = loss + self.center_weight * self.center(features, targets)
+        return loss

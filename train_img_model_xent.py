@@ -4,15 +4,16 @@
         --test-batch 32 --stepsize 20 --eval-step 20 --save-dir log/resnet50-xent-market1501 --gpu-devices 0
 """
 import engine
-from losses import CrossEntropyLabelSmooth
+import options
+from losses import ReIDLoss
 
 
 def get_args_parser():
-    return engine.get_args_parser(__doc__, max_epoch=60, stepsize=20, test_batch=32)
+    return options.get_args_parser(__doc__, max_epoch=60, stepsize=20, test_batch=32)
 
 
-def build_criterion(args, num_classes):
-    return CrossEntropyLabelSmooth(num_classes)
+def build_criterion(args, num_classes, feat_dim):
+    return ReIDLoss(num_classes, args.label_smooth, center_weight=args.center_loss, feat_dim=feat_dim)
 
 
 if __name__ == '__main__':

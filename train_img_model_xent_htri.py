@@ -5,15 +5,17 @@ triplet loss, on P identities x K instances batches.
         --test-batch 32 --stepsize 60 --eval-step 20 --save-dir log/resnet50-xent-htri-market1501 --gpu-devices 0
 """
 import engine
-from losses import XentTripletLoss
+import options
+from losses import ReIDLoss
 
 
 def get_args_parser():
-    return engine.get_args_parser(__doc__, max_epoch=180, stepsize=60, test_batch=32, triplet=True)
+    return options.get_args_parser(__doc__, max_epoch=180, stepsize=60, test_batch=32, triplet=True)
 
 
-def build_criterion(args, num_classes):
-    return XentTripletLoss(num_classes, margin=args.margin, htri_only=args.htri_only)
+def build_criterion(args, num_classes, feat_dim):
+    return ReIDLoss(num_classes, args.label_smooth, margin=args.margin, htri_only=args.htri_only,
+                    center_weight=args.center_loss, feat_dim=feat_dim)
 
 
 if __name__ == '__main__':

@@ -8,15 +8,16 @@ per tracklet (or all of them, --test-sample all).
         --test-batch 5 --stepsize 5 --eval-step 5 --save-dir log/resnet50-xent-mars --gpu-devices 0
 """
 import engine
-from losses import CrossEntropyLabelSmooth
+import options
+from losses import ReIDLoss
 
 
 def get_args_parser():
-    return engine.get_args_parser(__doc__, max_epoch=15, stepsize=5, test_batch=5, video=True)
+    return options.get_args_parser(__doc__, max_epoch=15, stepsize=5, test_batch=5, video=True)
 
 
-def build_criterion(args, num_classes):
-    return CrossEntropyLabelSmooth(num_classes)
+def build_criterion(args, num_classes, feat_dim):
+    return ReIDLoss(num_classes, args.label_smooth, center_weight=args.center_loss, feat_dim=feat_dim)
 
 
 if __name__ == '__main__':

@@ -9,15 +9,17 @@ per tracklet (or all of them, --test-sample all).
         --test-batch 5 --stepsize 200 --eval-step 20 --save-dir log/resnet50-xent-htri-mars --gpu-devices 0
 """
 import engine
-from losses import XentTripletLoss
+import options
+from losses import ReIDLoss
 
 
 def get_args_parser():
-    return engine.get_args_parser(__doc__, max_epoch=500, stepsize=200, test_batch=5, video=True, triplet=True)
+    return options.get_args_parser(__doc__, max_epoch=500, stepsize=200, test_batch=5, video=True, triplet=True)
 
 
-def build_criterion(args, num_classes):
-    return XentTripletLoss(num_classes, margin=args.margin, htri_only=args.htri_only)
+def build_criterion(args, num_classes, feat_dim):
+    return ReIDLoss(num_classes, args.label_smooth, margin=args.margin, htri_only=args.htri_only,
+                    center_weight=args.center_loss, feat_dim=feat_dim)
 
 
 if __name__ == '__main__':

@@ -5,15 +5,17 @@ re-ID recipe, and the train/test pipelines.
 """
 import torch
 from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import (Compose, Normalize, RandomHorizontalFlip, Resize, ToDtype,
-                                       ToImage)
+from torchvision.transforms.v2 import (Compose, Normalize, Pad, RandomCrop, RandomErasing,
+                                       RandomHorizontalFlip, Resize, ToDtype, ToImage)
 from torchvision.transforms.v2 import functional as F
 
-__all__ = ['Compose', 'Normalize', 'RandomHorizontalFlip', 'Resize', 'ToDtype', 'ToImage',
-           'Random2DTranslation', 'build_transforms', 'IMAGENET_MEAN', 'IMAGENET_STD']
+__all__ = ['Compose', 'Normalize', 'Pad', 'RandomCrop', 'RandomErasing', 'RandomHorizontalFlip', 'Resize',
+           'ToDtype', 'ToImage', 'Random2DTranslation', 'build_transforms', 'AUGMENTATIONS',
+           'IMAGENET_MEAN', 'IMAGENET_STD']
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
+AUGMENTATIONS = ('translate', 'pad-crop')
 
 
 class Random2DTranslation(torch.nn.Module):
@@ -44,10 +46,24 @@ class Random2DTranslation(torch.nn.Module):
         return f'height={self.height}, width={self.width}, p={self.p}'
 
 
-def build_transforms(height, width):
-    """(train, test) pipelines: PIL image -> normalised float tensor of shape (3, height, width)."""
+def build_transforms(height, width, augment='translate', random_erasing=0.0):
+    """(train, test) pipelines: PIL image -> normalised float tensor of shape (3, height, width).
+
+    augment: 'translate', the classic recipe (Random2DTranslation, then a horizontal flip), or
+    'pad-crop', the BoT recipe (resize, flip, pad 10 pixels with zeros, random crop back).
+    random_erasing: probability of erasing a random rectangle (Zhong et al., AAAI 2020) of 2-40%
+    of the image area and aspect ratio 0.3-3.3, after normalisation, filled with 0, which is
+    the ImageNet mean pixel once normalised.
+    """
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f'unknown augmentation {augment!r}; choose from {AUGMENTATIONS}')
     to_tensor = [ToImage(), ToDtype(torch.float32, scale=True),
                  Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)]
-    train = Compose([Random2DTranslation(height, width), RandomHorizontalFlip()] + to_tensor)
+    if augment == 'translate':
+        geometry = [Random2DTranslation(height, width), RandomHorizontalFlip()]
+    else:
+        geometry = [Resize((height, width)), RandomHorizontalFlip(), Pad(10), RandomCrop((height, width))]
+    erasing = [RandomErasing(p=random_erasing, scale=(0.02, 0.4), ratio=(0.3, 3.3), value=0)] if random_erasing > 0 else []
+    train = Compose(geometry + to_tensor + erasing)
     test = Compose([Resize((height, width))] + to_tensor)
     return train, test

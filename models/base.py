@@ -1,14 +1,17 @@
-"""What every re-ID model shares: the train/eval output contract and video input."""
+"""What every re-ID model shares: the neck, the train/eval output contract, video input and the
+test-time network."""
 import pickle
 import socket
 import urllib.error
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ['ReIDModel', 'PretrainedWeightsError', 'temporal_pool', 'imagenet_backbone']
+__all__ = ['ReIDModel', 'TestFeatureNet', 'PretrainedWeightsError', 'temporal_pool', 'imagenet_backbone']
 
-LOSSES = ({'xent'}, {'xent', 'htri'})
+NECKS = ('none', 'bnneck')
+NECK_FEATS = ('after', 'before')
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -25,26 +28,47 @@ def temporal_pool(frame_features, pool):
 
 
 class ReIDModel(nn.Module):
-    """Base class: subclasses set `feat_dim`, `classifier` and implement `features`.
+    """Base class: subclasses implement `features` and call `build_head(feat_dim, num_classes)`.
 
     forward(x) takes images (B, C, H, W) or clips (B, S, C, H, W); a clip's S frame features
     are pooled over time (`pool`, 'avg' or 'max') into one feature per tracklet.
-      eval mode:                       the feature, (B, feat_dim)
-      train mode, loss {'xent'}:       logits, (B, num_classes)
-      train mode, loss {'xent','htri'}: (logits, feature)
+
+    neck='bnneck' (Luo et al., CVPR-W 2019): the pooled feature f goes through a BatchNorm1d
+    whose shift is frozen at 0, and a bias-free classifier reads the normalised feature; the
+    metric losses (triplet, center) see f, the feature before the BatchNorm. neck_feat picks
+    the test feature: 'after' the BatchNorm or 'before' it. Without a neck both are f.
+      eval mode:                    the test feature, (B, feat_dim)
+      train mode, loss {'xent'}:    logits, (B, num_classes)
+      train mode, any other loss:   (logits, f), for the metric losses ('htri', 'cent')
     """
 
-    def __init__(self, loss, pool='avg'):
+    def __init__(self, loss, pool='avg', neck='none', neck_feat='after'):
         super().__init__()
         loss = set(loss)
-        if loss not in LOSSES:
-            raise ValueError(f"unsupported loss {sorted(loss)}; use {{'xent'}} or {{'xent', 'htri'}}")
+        if 'xent' not in loss or not loss <= {'xent', 'htri', 'cent'}:
+            raise ValueError(f"unsupported loss {sorted(loss)}; use 'xent' with optional 'htri' and 'cent'")
+        if neck not in NECKS:
+            raise ValueError(f'unknown neck {neck!r}; choose from {NECKS}')
+        if neck_feat not in NECK_FEATS:
+            raise ValueError(f'unknown neck feature {neck_feat!r}; choose from {NECK_FEATS}')
         temporal_pool(torch.zeros(1, 1, 1), pool)  # reject an unknown pool now, not mid-training
         self.loss = loss
         self.pool = pool
+        self.neck = neck
+        self.neck_feat = neck_feat
+
+    def build_head(self, feat_dim, num_classes):
+        self.feat_dim = feat_dim
+        if self.neck == 'bnneck':
+            self.bottleneck = nn.BatchNorm1d(feat_dim)
+            self.bottleneck.bias.requires_grad_(False)  # no shift: the BN only scales the feature
+            self.classifier = nn.Linear(feat_dim, num_classes, bias=False)
+            nn.init.normal_(self.classifier.weight, std=0.001)  # as the BoT reference initialises it
+        else:
+            self.classifier = nn.Linear(feat_dim, num_classes)
 
     def features(self, images):
-        """(N, C, H, W) images -> (N, feat_dim) features."""
+        """(N, C, H, W) images -> (N, feat_dim) pooled backbone features."""
         raise NotImplementedError
 
     def forward(self, x):
@@ -54,12 +78,35 @@ class ReIDModel(nn.Module):
             f = temporal_pool(f, self.pool)
         else:
             f = self.features(x)
+        f_neck = self.bottleneck(f) if self.neck == 'bnneck' else f
         if not self.training:
-            return f
-        logits = self.classifier(f)
+            return f_neck if self.neck_feat == 'after' else f
+        logits = self.classifier(f_neck)
         if self.loss == {'xent'}:
             return logits
         return logits, f
+
+
+class TestFeatureNet(nn.Module):
+    """The test-time network: normalised images (B, 3, H, W) -> (B, feat_dim) test features.
+
+    The model's eval-mode feature (its neck_feat); with flip, the mean of the features of the
+    image and of its mirror image; with normalize, L2-normalised (for the cosine metric, where
+    Euclidean distances between normalised features rank as cosine distances do). Video models
+    run it per frame and pool the frame features (temporal_pool) afterwards.
+    """
+
+    def __init__(self, model, flip=False, normalize=False):
+        super().__init__()
+        self.model = model
+        self.flip = flip
+        self.normalize = normalize
+
+    def forward(self, images):
+        features = self.model(images)
+        if self.flip:
+            features = (features + self.model(images.flip(dims=[3]))) / 2
+        return F.normalize(features, dim=1) if self.normalize else features
 
 
 def imagenet_backbone(builder, weights, pretrained=True, pretrained_path=None, download_timeout=30):

@@ -9,10 +9,18 @@ from .base import ReIDModel, imagenet_backbone
 __all__ = ['ResNet50', 'ResNet50M']
 
 
-def _resnet50_trunk(pretrained, pretrained_path):
+def _resnet50_trunk(pretrained, pretrained_path, last_stride):
     """torchvision ResNet50 without avgpool and fc, as nn.Sequential indices 0..7
-    (conv1, bn1, relu, maxpool, layer1..layer4): the `base.N` names of the 2018 checkpoints."""
+    (conv1, bn1, relu, maxpool, layer1..layer4): the `base.N` names of the 2018 checkpoints.
+
+    last_stride 1 keeps layer4 at the resolution of layer3 (a 16x8 map for 256x128 input
+    instead of 8x4); the weights are the same, only the stride of its first block changes."""
+    if last_stride not in (1, 2):
+        raise ValueError(f'last stride must be 1 or 2, got {last_stride}')
     net = imagenet_backbone(resnet50, ResNet50_Weights.IMAGENET1K_V1, pretrained, pretrained_path)
+    if last_stride == 1:
+        net.layer4[0].conv2.stride = (1, 1)
+        net.layer4[0].downsample[0].stride = (1, 1)
     return nn.Sequential(*list(net.children())[:-2])
 
 
@@ -22,13 +30,13 @@ def _pool(feature_map):
 
 
 class ResNet50(ReIDModel):
-    """ResNet50 trunk, global average pooling, 2048-d feature, linear classifier."""
+    """ResNet50 trunk, global average pooling, 2048-d feature, (neck and) linear classifier."""
 
-    def __init__(self, num_classes, loss=('xent',), pretrained=True, pretrained_path=None, pool='avg'):
-        super().__init__(loss, pool)
-        self.base = _resnet50_trunk(pretrained, pretrained_path)
-        self.feat_dim = 2048
-        self.classifier = nn.Linear(self.feat_dim, num_classes)
+    def __init__(self, num_classes, loss=('xent',), pretrained=True, pretrained_path=None, pool='avg',
+                 last_stride=2, neck='none', neck_feat='after'):
+        super().__init__(loss, pool, neck, neck_feat)
+        self.base = _resnet50_trunk(pretrained, pretrained_path, last_stride)
+        self.build_head(2048, num_classes)
 
     def features(self, images):
         return _pool(self.base(images))
@@ -43,9 +51,10 @@ class ResNet50M(ReIDModel):
     `layers1`..`layers5c` (the same modules), so its checkpoints hold both sets of names.
     """
 
-    def __init__(self, num_classes, loss=('xent',), pretrained=True, pretrained_path=None, pool='avg'):
-        super().__init__(loss, pool)
-        self.base = _resnet50_trunk(pretrained, pretrained_path)
+    def __init__(self, num_classes, loss=('xent',), pretrained=True, pretrained_path=None, pool='avg',
+                 last_stride=2, neck='none', neck_feat='after'):
+        super().__init__(loss, pool, neck, neck_feat)
+        self.base = _resnet50_trunk(pretrained, pretrained_path, last_stride)
         self.layers1 = nn.Sequential(self.base[0], self.base[1], self.base[2])
         self.layers2 = nn.Sequential(self.base[3], self.base[4])
         self.layers3 = self.base[5]
@@ -54,8 +63,7 @@ class ResNet50M(ReIDModel):
         self.layers5b = self.base[7][1]
         self.layers5c = self.base[7][2]
         self.fc_fuse = nn.Sequential(nn.Linear(4096, 1024), nn.BatchNorm1d(1024), nn.ReLU())
-        self.feat_dim = 3072
-        self.classifier = nn.Linear(self.feat_dim, num_classes)
+        self.build_head(3072, num_classes)
 
     def features(self, images):
         x = self.layers4(self.layers3(self.layers2(self.layers1(images))))

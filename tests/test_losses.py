@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from losses import CrossEntropyLabelSmooth, TripletLoss, XentTripletLoss
+from losses import CrossEntropyLabelSmooth, TripletLoss, ReIDLoss
 
 
 def reference_label_smooth(logits, targets, epsilon):
@@ -92,9 +92,9 @@ def test_gradients_flow():
     logits = torch.randn(8, 4, requires_grad=True)
     features = torch.randn(8, 16, requires_grad=True)
     pids = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    XentTripletLoss(4)((logits, features), pids).backward()
+    ReIDLoss(4, margin=0.3)((logits, features), pids).backward()
     assert logits.grad.abs().sum() > 0 and features.grad.abs().sum() > 0
     features.grad = None
     logits.grad = None
-    XentTripletLoss(4, htri_only=True)((logits, features), pids).backward()
+    ReIDLoss(4, margin=0.3, htri_only=True)((logits, features), pids).backward()
     assert logits.grad is None and features.grad.abs().sum() > 0

@@ -1,0 +1,256 @@
+"""The command line of the four training scripts: the classic deep-person-reid flags, the
+strong-baseline (BoT) options, the --recipe presets, and how a checkpoint's recorded model
+options combine with the flags."""
+import argparse
+import os
+
+import data_manager
+import models
+import rerank
+from solver import OPTIMIZERS, SCHEDULERS
+from transforms import AUGMENTATIONS
+
+__all__ = ['get_args_parser', 'recipe_settings', 'resolve_model_config', 'model_config']
+
+# The published BoT configuration (Luo et al., CVPR-W 2019, softmax_triplet_with_center):
+# Adam 3.5e-4, P16 x K4, 120 epochs, warmup 10 epochs from 0.01 x lr, x0.1 at 40 and 70,
+# pad-crop + flip + random erasing 0.5, label smoothing, last stride 1, BNNeck, center loss
+# 5e-4 (center lr 0.5), cosine distance on the BN feature at test time.
+BOT = {
+    'optim': 'adam', 'lr': 3.5e-4, 'weight_decay': 5e-4, 'train_batch': 64, 'num_instances': 4,
+    'max_epoch': 120, 'lr_scheduler': 'multistep', 'milestones': [40, 70], 'gamma': 0.1,
+    'warmup_epochs': 10, 'warmup_factor': 0.01, 'augment': 'pad-crop', 'random_erasing': 0.5,
+    'label_smooth': 0.1, 'last_stride': 1, 'bnneck': True, 'neck_feat': 'after', 'center_loss': 5e-4,
+    'center_lr': 0.5, 'dist_metric': 'cosine',
+}
+# Video: the same schedule shape stretched to the classic video scripts' lengths (frames are
+# trained as images, so an epoch of the xent script is every frame of MARS, and one of the
+# triplet script is P x K frames per identity): 15 epochs (warmup 1, decay at 5 and 9) and
+# 480 epochs (4 x 120: warmup 40, decay at 160 and 280).
+BOT_VIDEO_SCHEDULE = {
+    False: {'max_epoch': 15, 'warmup_epochs': 1, 'milestones': [5, 9]},
+    True: {'max_epoch': 480, 'warmup_epochs': 40, 'milestones': [160, 280]},
+}
+
+
+def recipe_settings(recipe, video, triplet):
+    """The flag defaults a --recipe sets (flags given explicitly still win)."""
+    if recipe == 'classic':
+        return {}
+    settings = dict(BOT)
+    if not triplet:
+        del settings['num_instances']
+    if video:
+        settings.update(BOT_VIDEO_SCHEDULE[triplet])
+    return settings
+
+
+class ReIDArgumentParser(argparse.ArgumentParser):
+    """ArgumentParser that applies the --recipe preset and rejects invalid flag combinations,
+    argparse-style."""
+
+    def __init__(self, *args, video=False, triplet=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.video, self.triplet = video, triplet
+
+    def parse_args(self, args=None, namespace=None):
+        # A recipe changes defaults, so explicit flags win: read --recipe first, then parse
+        # again with the recipe's defaults in place.
+        recipe = super().parse_known_args(args, namespace)[0].recipe
+        settings = recipe_settings(recipe, self.video, self.triplet)
+        self.set_defaults(**settings)
+        args = super().parse_args(args, namespace)
+        args.recipe_set = settings
+        args.recipe_overridden = sorted(k for k, v in settings.items() if getattr(args, k) != v)
+        self.validate(args)
+        return args
+
+    def validate(self, args):
+        for flag, value in (('--height', args.height), ('--width', args.width),
+                            ('--train-batch', args.train_batch), ('--test-batch', args.test_batch),
+                            ('--max-epoch', args.max_epoch)):
+            if value is not None and value < 1:
+                self.error(f'{flag} must be positive, got {value}')
+        if args.eval_step == 0 or args.eval_step < -1:
+            self.error(f'--eval-step must be a positive number of epochs, or -1 to test after '
+                       f'training only; got {args.eval_step}')
+        if args.stepsize < 0:
+            self.error(f'--stepsize must be >= 0 (0 disables the decay), got {args.stepsize}')
+        if args.lr_scheduler == 'multistep' and not args.milestones:
+            self.error('--lr-scheduler multistep needs --milestones E1 E2 ...')
+        if args.warmup_epochs < 0 or not 0 < args.warmup_factor <= 1:
+            self.error(f'--warmup-epochs must be >= 0 and --warmup-factor in (0, 1]; got '
+                       f'{args.warmup_epochs} and {args.warmup_factor}')
+        if not 0 <= args.random_erasing <= 1:
+            self.error(f'--random-erasing is a probability in [0, 1], got {args.random_erasing}')
+        if not 0 <= args.label_smooth < 1:
+            self.error(f'--label-smooth must be in [0, 1), got {args.label_smooth}')
+        if args.center_loss < 0:
+            self.error(f'--center-loss must be >= 0 (0: off), got {args.center_loss}')
+        if args.resume and not os.path.isfile(args.resume):
+            self.error(f'--resume {args.resume}: no such file')
+        if args.pretrained_path and not os.path.isfile(args.pretrained_path):
+            self.error(f'--pretrained-path {args.pretrained_path}: no such file')
+        if self.triplet:
+            if args.num_instances < 1:
+                self.error(f'--num-instances must be positive, got {args.num_instances}')
+            if args.train_batch % args.num_instances:
+                self.error(f'--train-batch {args.train_batch} must be divisible by --num-instances '
+                           f'{args.num_instances} (each batch holds P identities x K instances)')
+        try:
+            rerank.check_parameters(args.k1, args.k2, args.lambda_value)
+        except ValueError as error:
+            self.error(str(error))
+        if self.video and args.seq_len < 1:
+            self.error(f'--seq-len must be at least 1, got {args.seq_len}')
+
+
+def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False, triplet=False):
+    """The scripts' flags, with the script's defaults. Options that a checkpoint records
+    (models.CONFIG_DEFAULTS) default to None here: resolve_model_config fills them in from the
+    checkpoint being resumed, or from the defaults."""
+    parser = ReIDArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                video=video, triplet=triplet)
+    parser.add_argument('--recipe', default='classic', choices=('classic', 'bot'),
+                        help='classic: the deep-person-reid defaults; bot: the strong baseline of Luo et al. '
+                             '(CVPR-W 2019), printed at start; flags given explicitly win (default: %(default)s)')
+
+    data = parser.add_argument_group('data')
+    data.add_argument('-d', '--dataset', default='mars' if video else 'market1501',
+                      choices=data_manager.get_names())
+    data.add_argument('--root', default='data', help='datasets live in <root>/<dataset> (default: %(default)s)')
+    data.add_argument('-j', '--workers', default=4, type=int, help='data loading processes (default: %(default)s)')
+    data.add_argument('--height', type=int, help='image height (default: 256, or the checkpoint\'s)')
+    data.add_argument('--width', type=int, help='image width (default: 128, or the checkpoint\'s)')
+    data.add_argument('--augment', default='translate', choices=AUGMENTATIONS,
+                      help='translate: Random2DTranslation + flip (classic); pad-crop: flip, pad 10, random '
+                           'crop (BoT) (default: %(default)s)')
+    data.add_argument('--random-erasing', type=float, default=0.0, metavar='P',
+                      help='random erasing probability, 0 disables (default: %(default)s)')
+
+    optim = parser.add_argument_group('optimisation')
+    optim.add_argument('--optim', default='adam', choices=OPTIMIZERS)
+    optim.add_argument('--momentum', type=float, default=0.9, help='SGD momentum (default: %(default)s)')
+    optim.add_argument('--max-epoch', default=max_epoch, type=int)
+    optim.add_argument('--start-epoch', default=0, type=int, help='first epoch, when not resuming')
+    optim.add_argument('--train-batch', default=32, type=int)
+    optim.add_argument('--test-batch', default=test_batch, type=int,
+                       help='tracklets per test batch' if video else 'images per test batch')
+    optim.add_argument('--lr', '--learning-rate', default=3e-4, type=float)
+    optim.add_argument('--weight-decay', default=5e-4, type=float)
+    optim.add_argument('--lr-scheduler', default='step', choices=SCHEDULERS,
+                       help='step: x gamma every --stepsize epochs; multistep: x gamma at each of --milestones; '
+                            'cosine: cosine decay to 0 (default: %(default)s)')
+    optim.add_argument('--stepsize', default=stepsize, type=int,
+                       help='decay the learning rate every this many epochs; 0 disables (default: %(default)s)')
+    optim.add_argument('--milestones', type=int, nargs='+', default=[], metavar='E', help='multistep epochs')
+    optim.add_argument('--gamma', default=0.1, type=float, help='learning-rate decay factor')
+    optim.add_argument('--warmup-epochs', type=int, default=0,
+                       help='raise the learning rate linearly over this many epochs (default: %(default)s)')
+    optim.add_argument('--warmup-factor', type=float, default=0.01,
+                       help='the warmup starts at this fraction of --lr (default: %(default)s)')
+
+    loss = parser.add_argument_group('loss')
+    loss.add_argument('--label-smooth', type=float, default=0.1, metavar='EPS',
+                      help='label smoothing of the cross entropy, 0 disables (default: %(default)s)')
+    loss.add_argument('--center-loss', type=float, default=0.0, metavar='W',
+                      help='center loss weight, 0 disables (default: %(default)s)')
+    loss.add_argument('--center-lr', type=float, default=0.5, help='SGD learning rate of the class centers')
+    if triplet:
+        loss.add_argument('--margin', type=float, default=0.3, help='triplet loss margin')
+        loss.add_argument('--num-instances', type=int, default=4,
+                          help='K, instances per identity in a batch (P = train-batch / K)')
+        loss.add_argument('--htri-only', action='store_true', help='train with the triplet loss alone')
+
+    arch = parser.add_argument_group('model (recorded in checkpoints; default: the checkpoint\'s, else the classic model)')
+    arch.add_argument('-a', '--arch', choices=models.get_names(), help='default: resnet50')
+    arch.add_argument('--last-stride', type=int, choices=(1, 2),
+                      help='stride of the last ResNet stage; 1 doubles the final map (default: 2)')
+    arch.add_argument('--bnneck', action=argparse.BooleanOptionalAction,
+                      help='BatchNorm neck between feature and classifier (BoT)')
+    arch.add_argument('--neck-feat', choices=('after', 'before'),
+                      help='test feature after or before the BNNeck (default: after)')
+    arch.add_argument('--no-pretrained', action='store_true',
+                      help='random initialisation instead of ImageNet weights (no download)')
+    arch.add_argument('--pretrained-path', metavar='PATH',
+                      help='local torchvision ImageNet weights file, e.g. resnet50-0676ba61.pth')
+    if video:
+        arch.add_argument('--seq-len', type=int, default=15, help='frames per clip')
+        arch.add_argument('--pool', choices=('avg', 'max'), help='temporal pooling (default: avg)')
+        arch.add_argument('--clip-train', action='store_true',
+                          help='train on (B, seq-len, C, H, W) clips with temporal pooling; default: '
+                               'decompose tracklets into frames and train on images')
+        arch.add_argument('--test-sample', default='evenly', choices=('evenly', 'all'),
+                          help='test on seq-len evenly spaced frames per tracklet, or on all of them')
+        arch.add_argument('--test-chunk', type=int, default=64,
+                          help='with --test-sample all: frames per forward pass (bounds memory)')
+
+    test = parser.add_argument_group('test')
+    test.add_argument('--dist-metric', choices=('euclidean', 'cosine'),
+                      help='squared Euclidean, or cosine distance on L2-normalised features (default: euclidean)')
+    test.add_argument('--flip-test', action=argparse.BooleanOptionalAction,
+                      help='test feature = mean of the features of the image and its mirror image')
+
+    misc = parser.add_argument_group('run')
+    misc.add_argument('--print-freq', type=int, default=10, help='print every this many batches')
+    misc.add_argument('--seed', type=int, default=1)
+    misc.add_argument('--resume', default='', metavar='PATH', help='checkpoint to continue from or evaluate')
+    misc.add_argument('--evaluate', action='store_true', help='evaluate only')
+    misc.add_argument('--eval-step', type=int, default=-1,
+                      help='test and checkpoint every this many epochs; -1: after training only')
+    misc.add_argument('--save-dir', type=str, default='log')
+    misc.add_argument('--use-cpu', action='store_true', help='run on the CPU even if CUDA is available')
+    misc.add_argument('--gpu-devices', default='0', type=str, help='CUDA_VISIBLE_DEVICES, e.g. 0,1,2,3')
+    misc.add_argument('--amp', action='store_true', help='bfloat16 autocast on CUDA (faster; ignored on CPU)')
+
+    reranking = parser.add_argument_group('k-reciprocal re-ranking (Zhong et al., CVPR 2017)')
+    reranking.add_argument('--rerank', action='store_true', help='also report results after re-ranking')
+    reranking.add_argument('--k1', type=int, default=20)
+    reranking.add_argument('--k2', type=int, default=6)
+    reranking.add_argument('--lambda-value', type=float, default=0.3)
+    return parser
+
+
+def _flag_values(args):
+    """The model config keys as the flags give them (None: not given)."""
+    return {'arch': args.arch, 'last_stride': args.last_stride,
+            'neck': None if args.bnneck is None else ('bnneck' if args.bnneck else 'none'),
+            'neck_feat': args.neck_feat, 'dist_metric': args.dist_metric, 'pool': getattr(args, 'pool', None),
+            'flip_test': args.flip_test, 'height': args.height, 'width': args.width}
+
+
+def resolve_model_config(args, checkpoint=None):
+    """Fill the model flags left unset from the checkpoint's recorded config (or the defaults),
+    in place, and return the list of (flag, value) taken from the checkpoint.
+
+    Raises ValueError when a flag given explicitly contradicts an option that shapes the model
+    or its ranking (models.SHAPING_OPTIONS) as the checkpoint records it.
+    """
+    recorded = models.checkpoint_config(checkpoint) if checkpoint is not None else {}
+    authoritative = checkpoint is not None and 'model' in checkpoint
+    taken = []
+    values = _flag_values(args)
+    for key, value in values.items():
+        if value is None:
+            values[key] = recorded.get(key, models.CONFIG_DEFAULTS[key])
+            if key in recorded:
+                taken.append((key, values[key]))
+        elif authoritative and key in models.SHAPING_OPTIONS and value != recorded[key]:
+            flag = '--' + ('bnneck' if key == 'neck' else key.replace('_', '-'))
+            raise ValueError(f'{flag} {value} contradicts the checkpoint {args.resume}, whose model has '
+                             f'{key} = {recorded[key]}; leave the flag out to use the checkpoint\'s')
+    args.arch, args.last_stride, args.neck_feat = values['arch'], values['last_stride'], values['neck_feat']
+    args.bnneck, args.dist_metric, args.flip_test = values['neck'] == 'bnneck', values['dist_metric'], values['flip_test']
+    args.height, args.width = values['height'], values['width']
+    if hasattr(args, 'pool'):
+        args.pool = values['pool']
+    return taken
+
+
+def model_config(args, video):
+    """The config a checkpoint records (models.CONFIG_DEFAULTS' keys) from resolved args."""
+    return {'arch': args.arch, 'last_stride': args.last_stride, 'neck': 'bnneck' if args.bnneck else 'none',
+            'neck_feat': args.neck_feat, 'dist_metric': args.dist_metric, 'pool': getattr(args, 'pool', 'avg'),
+            'flip_test': args.flip_test, 'height': args.height, 'width': args.width, 'video': video,
+            'seq_len': getattr(args, 'seq_len', models.CONFIG_DEFAULTS['seq_len']),
+            'test_sample': getattr(args, 'test_sample', models.CONFIG_DEFAULTS['test_sample'])}
