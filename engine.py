@@ -3,6 +3,7 @@
 A script chooses image or video data, its loss set and its criterion, and calls main(args, ...);
 its command line comes from options.py.
 """
+import contextlib
 import datetime
 import os
 import sys
@@ -10,7 +11,8 @@ import time
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 import data_manager
 import models
@@ -37,7 +39,15 @@ class NonFiniteLossError(RuntimeError):
 def setup_device(args):
     """Pick the device and say which, once. --gpu-devices on a machine without CUDA falls back
     to the CPU with a note rather than stopping: the classic commands name --gpu-devices and
-    should still run on a laptop."""
+    should still run on a laptop. Under torchrun each process takes the GPU of its LOCAL_RANK
+    and --gpu-devices is not used (torchrun's processes see every GPU)."""
+    if args.distributed:
+        if not args.use_cpu and torch.cuda.is_available():
+            print(f'Distributed: {args.world_size} processes (NCCL), one GPU each')
+            torch.backends.cudnn.benchmark = True
+            return torch.device('cuda', args.local_rank)
+        print(f'Distributed: {args.world_size} processes on the CPU (gloo)')
+        return torch.device('cpu')
     if not args.use_cpu:
         os.environ['CUDA_VISIBLE_DEVICES'] = args.gpu_devices  # before CUDA is initialised
     if not args.use_cpu and torch.cuda.is_available():
@@ -57,6 +67,11 @@ def build_loaders(args, dataset, video, triplet, use_gpu):
 
     Video training decomposes tracklets into frames (image batches) unless --clip-train.
     Test loaders draw from their own generator, so testing never moves the training RNG.
+
+    --train-batch is the global batch: each of the world_size processes loads its share, and
+    the samplers, seeded by --seed and the epoch (set_epoch), give the ranks together the
+    batches of a single process (P x K: whole identities per rank). Each rank tests on one
+    contiguous range of the query and gallery sets (test gathers them back in order).
     """
     transform_train, transform_test = build_transforms(args.height, args.width, args.augment, args.random_erasing)
     clip_train = video and args.clip_train
@@ -66,9 +81,14 @@ def build_loaders(args, dataset, video, triplet, use_gpu):
     else:
         train_set = ImageDataset(train_items, transform_train, split='train')
 
-    sampler = None
+    world_size, rank = utils.get_world_size(), utils.get_rank()
+    if args.train_batch % (world_size * (args.num_instances if triplet else 1)):
+        per_rank = f'{world_size} processes x --num-instances {args.num_instances}' if triplet else f'{world_size} processes'
+        raise UsageError(f'--train-batch {args.train_batch} (the global batch) must be divisible by {per_rank}, '
+                         f'so that every process gets an equal share' + (' of whole identities' if triplet else ''))
     if triplet:
-        sampler = RandomIdentitySampler(train_items, num_instances=args.num_instances)
+        sampler = RandomIdentitySampler(train_items, num_instances=args.num_instances, batch_size=args.train_batch,
+                                        num_replicas=world_size, rank=rank, seed=args.seed)
         identities_per_batch = args.train_batch // args.num_instances
         if len(sampler.pids) < identities_per_batch:
             raise UsageError(f'the training split has {len(sampler.pids)} identities, fewer than the '
@@ -77,8 +97,11 @@ def build_loaders(args, dataset, video, triplet, use_gpu):
     elif len(train_set) < args.train_batch:
         raise UsageError(f'the training split has {len(train_set)} samples, fewer than '
                          f'--train-batch {args.train_batch}')
-    trainloader = DataLoader(train_set, batch_size=args.train_batch, shuffle=sampler is None,
-                             sampler=sampler, num_workers=args.workers, pin_memory=use_gpu, drop_last=True)
+    else:
+        sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True,
+                                     seed=args.seed, drop_last=True)
+    trainloader = DataLoader(train_set, batch_size=args.train_batch // world_size, sampler=sampler,
+                             num_workers=args.workers, pin_memory=use_gpu, drop_last=True)
 
     def test_loader(split):
         items = getattr(dataset, split)
@@ -89,46 +112,103 @@ def build_loaders(args, dataset, video, triplet, use_gpu):
         else:
             test_set = VideoDataset(items, args.seq_len, 'evenly', transform_test, split=split)
             batch_size = args.test_batch
+        if world_size > 1:
+            bounds = [len(test_set) * r // world_size for r in range(world_size + 1)]
+            test_set = Subset(test_set, range(bounds[rank], bounds[rank + 1]))
         return DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=args.workers,
                           pin_memory=use_gpu, generator=torch.Generator())
 
     return trainloader, test_loader('query'), test_loader('gallery')
 
 
-def train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, trainloader, device, args):
-    """One pass over the training data; prints the classic 'Batch i/n  Loss val (avg)' lines.
+def autocast_dtype(args, device):
+    """The --amp autocast dtype on this device, or None for float32.
 
-    With the center loss, its centers take their own SGD step, on a gradient rescaled by
-    1 / --center-loss so that the weight scales the term for the network only (as the BoT
-    reference does).
+    --amp-dtype chooses; by default bfloat16 where the GPU supports it (Ampere and newer: no
+    GradScaler, no extra host sync), else float16 with a GradScaler. On the CPU --amp is
+    ignored (run() says so): CPU autocast is slower than float32 on most CPUs.
+    """
+    if not args.amp or device.type != 'cuda':
+        return None
+    if args.amp_dtype:
+        return getattr(torch, args.amp_dtype)
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def train_step(model, criterion, optimizer, center_optimizer, scaler, imgs, pids, amp_dtype):
+    """One optimizer step on a batch; returns the loss (a 0-d tensor on the device, not synced).
+
+    The GradScaler (enabled for float16 only) skips the step when the scaled gradients
+    overflow, which is normal in float16 and is not an error; a non-finite loss is (the losses
+    run in float32), and train_one_epoch stops on it. With the center loss, its centers take
+    their own SGD step, on a gradient rescaled by 1 / --center-loss so that the weight scales
+    the term for the network only (as the BoT reference does).
+    """
+    with torch.autocast(imgs.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        loss = criterion(model(imgs), pids)
+    optimizer.zero_grad(set_to_none=True)
+    if center_optimizer is not None:
+        center_optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    if center_optimizer is not None:
+        scaler.unscale_(center_optimizer)
+        criterion.center.centers.grad.mul_(1 / criterion.center_weight)
+        scaler.step(center_optimizer)
+    scaler.update()
+    return loss.detach()
+
+
+def train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, scaler, trainloader, device, args):
+    """One pass over the training data; prints the classic 'Batch i/n  Loss val (avg)' lines
+    (the loss of the global batch under DDP).
+
+    The loss stays on the device and the host reads it once per printed line (every
+    --print-freq batches and at the end), so the GPU is never waited for in between. The
+    first non-finite loss is remembered on the device too and reported at that read with
+    its batch; the steps taken after it are lost with the run (checkpoints already written
+    are kept).
     """
     model.train()
-    losses = utils.AverageMeter()
+    trainloader.sampler.set_epoch(epoch)
+    amp_dtype = autocast_dtype(args, device)
+    channels_last = torch.channels_last if args.channels_last else torch.preserve_format
+    loss_sum = torch.zeros((), device=device)
+    first_bad = torch.full((), len(trainloader), device=device)  # batch index; len: none yet
     start, num_samples = time.time(), 0
     for batch_idx, (imgs, pids, _) in enumerate(trainloader):
         imgs, pids = imgs.to(device, non_blocking=True), pids.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp and device.type == 'cuda'):
-            loss = criterion(model(imgs), pids)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f'the loss became {loss.item()} at epoch {epoch + 1}, batch {batch_idx + 1}/{len(trainloader)}. '
-                f'Training stopped; checkpoints already written are kept. Check the learning rate '
-                f'(--lr {args.lr}), and with --amp try without it.')
-        optimizer.zero_grad(set_to_none=True)
-        if center_optimizer is not None:
-            center_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if center_optimizer is not None:
-            criterion.center.centers.grad.mul_(1 / criterion.center_weight)
-            center_optimizer.step()
-        losses.update(loss.item(), pids.size(0))
-        num_samples += pids.size(0)
-        if (batch_idx + 1) % args.print_freq == 0:
-            print(f'Batch {batch_idx + 1}/{len(trainloader)}\t Loss {losses.val:.6f} ({losses.avg:.6f})')
+        if imgs.dim() == 4:
+            imgs = imgs.contiguous(memory_format=channels_last)
+        loss = train_step(model, criterion, optimizer, center_optimizer, scaler, imgs, pids, amp_dtype)
+        loss_sum += loss
+        first_bad = torch.where(torch.isfinite(loss) | (first_bad < batch_idx), first_bad, batch_idx)
+        num_samples += pids.size(0) * utils.get_world_size()
+        if (batch_idx + 1) % args.print_freq == 0 or batch_idx + 1 == len(trainloader):
+            val, avg = read_loss(loss, loss_sum / (batch_idx + 1), first_bad, epoch, trainloader, args)
+            if (batch_idx + 1) % args.print_freq == 0:
+                print(f'Batch {batch_idx + 1}/{len(trainloader)}\t Loss {val:.6f} ({avg:.6f})')
     elapsed = time.time() - start
-    print(f'Epoch {epoch + 1} done: loss {losses.avg:.6f}, {num_samples / elapsed:.1f} samples/s')
-    return losses.avg
+    print(f'Epoch {epoch + 1} done: loss {avg:.6f}, {num_samples / elapsed:.1f} samples/s')
+    return avg
+
+
+def read_loss(loss, mean_loss, first_bad, epoch, trainloader, args):
+    """(latest, mean) loss as floats, averaged over the ranks: the one host sync of a printed
+    line. Raises NonFiniteLossError if some rank saw a non-finite loss since the epoch began."""
+    stats = torch.stack([loss, mean_loss])
+    if utils.is_distributed():
+        torch.distributed.all_reduce(stats)
+        torch.distributed.all_reduce(first_bad, op=torch.distributed.ReduceOp.MIN)
+        stats /= utils.get_world_size()
+    bad = int(first_bad)
+    if bad < len(trainloader):
+        raise NonFiniteLossError(
+            f'the loss became {"nan" if stats.isnan().any() else "inf"} at epoch {epoch + 1}, batch '
+            f'{bad + 1}/{len(trainloader)}. Training stopped; checkpoints already written are kept. '
+            f'Check the learning rate (--lr {args.lr}), and with --amp try without it.')
+    val, avg = stats.tolist()
+    return val, avg
 
 
 @torch.inference_mode()
@@ -147,7 +227,8 @@ def extract_features(model, loader, device, flip=False, pool='avg', chunk=64):
         imgs = imgs.to(device, non_blocking=True)
         if imgs.dim() == 5:
             frames = imgs.flatten(0, 1)
-            step = chunk if getattr(loader.dataset, 'sample', None) == 'all' else len(frames)
+            dataset = loader.dataset.dataset if isinstance(loader.dataset, Subset) else loader.dataset
+            step = chunk if getattr(dataset, 'sample', None) == 'all' else len(frames)
             frame_features = torch.cat([net(part) for part in frames.split(step)])
             features.append(models.temporal_pool(frame_features.view(imgs.shape[0], imgs.shape[1], -1), pool))
         else:
@@ -157,16 +238,31 @@ def extract_features(model, loader, device, flip=False, pool='avg', chunk=64):
     return torch.cat(features).float(), torch.cat(pids), torch.cat(camids)
 
 
+def extract_split(model, loader, device, args):
+    """extract_features under --amp's autocast, in float32 after it; under DDP every rank
+    extracts its contiguous shard and receives the whole split back in dataset order."""
+    pool, chunk = getattr(args, 'pool', 'avg'), getattr(args, 'test_chunk', 64)
+    amp_dtype = autocast_dtype(args, device)
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        features, pids, camids = extract_features(model, loader, device, args.flip_test, pool, chunk)
+    if not utils.is_distributed():
+        return features, pids, camids
+    # NCCL gathers device tensors only: ids travel on the device too.
+    return tuple(utils.gather_in_order(t.to(device)).to(t.device) for t in (features, pids, camids))
+
+
 def test(model, queryloader, galleryloader, device, args):
     """Extract features, rank the gallery for every query by --dist-metric, print mAP and CMC
-    (and, with --rerank, again after re-ranking); return (rank1, mAP) without re-ranking."""
-    pool, chunk = getattr(args, 'pool', 'avg'), getattr(args, 'test_chunk', 64)
+    (and, with --rerank, again after re-ranking); return (rank1, mAP) without re-ranking.
+    Under DDP all ranks extract and rank 0 alone evaluates; the others return (None, None)."""
     start = time.time()
-    qf, q_pids, q_camids = extract_features(model, queryloader, device, args.flip_test, pool, chunk)
+    qf, q_pids, q_camids = extract_split(model, queryloader, device, args)
     print(f'Extracted features for query set, obtained {qf.shape[0]}-by-{qf.shape[1]} matrix')
-    gf, g_pids, g_camids = extract_features(model, galleryloader, device, args.flip_test, pool, chunk)
+    gf, g_pids, g_camids = extract_split(model, galleryloader, device, args)
     print(f'Extracted features for gallery set, obtained {gf.shape[0]}-by-{gf.shape[1]} matrix')
     print(f'==> Feature extraction: {time.time() - start:.1f} s')
+    if utils.get_rank() != 0:
+        return None, None
     print(f'Computing distance matrix ({args.dist_metric})')
     print('Computing CMC and mAP')
     # Distances are computed and ranked block by block (eval_metrics).
@@ -193,22 +289,29 @@ def print_results(result, title='Results'):
     print('------------------')
 
 
-def unwrap(model):
-    return model.module if isinstance(model, nn.DataParallel) else model
-
-
 def main(args, *, video, loss, build_criterion):
     """Run a script: train (and test every --eval-step epochs) or, with --evaluate, test only.
-    Errors the user can fix are printed as one 'error:' line (exit status 1)."""
+    Errors the user can fix are printed as one 'error:' line (exit status 1).
+
+    Under torchrun every process runs this; rank 0 alone prints, logs and writes checkpoints.
+    """
+    utils.init_distributed_mode(args)
     os.makedirs(args.save_dir, exist_ok=True)
     log_name = 'log_test.txt' if args.evaluate else 'log_train.txt'
-    with utils.tee_stdout(os.path.join(args.save_dir, log_name)):
+    if args.rank == 0:
+        output = utils.tee_stdout(os.path.join(args.save_dir, log_name))
+    else:
+        output = contextlib.redirect_stdout(open(os.devnull, 'w'))
+    with output:
         try:
             run(args, video=video, loss=loss, build_criterion=build_criterion)
         except (UsageError, data_manager.DatasetError, ImageReadError, utils.CheckpointError,
                 models.PretrainedWeightsError, NonFiniteLossError, NoValidQueryError) as error:
             print(f'error: {error}', file=sys.stderr)
             sys.exit(1)
+        finally:
+            if args.distributed:
+                torch.distributed.destroy_process_group()
 
 
 def print_recipe(args):
@@ -217,6 +320,119 @@ def print_recipe(args):
     if args.recipe_overridden:
         print('  given explicitly instead: ' + ', '.join(f'--{k.replace("_", "-")} {getattr(args, k)}'
                                                      for k in args.recipe_overridden))
+
+
+def wrap_for_training(model, device, args):
+    """The module the train loop calls: `model` (already on the device) with --sync-bn's
+    SyncBatchNorm, in DistributedDataParallel under torchrun or DataParallel over several
+    visible GPUs, then torch.compile'd with --compile. `model` itself stays the plain module
+    that checkpoints save (plain key names) and tests run."""
+    if args.sync_bn and args.distributed:
+        model = utils.convert_sync_batchnorm(model)
+    if args.distributed:
+        # --htri-only leaves the classifier out of the loss: DDP must not wait for its gradient.
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None,
+                                          find_unused_parameters=getattr(args, 'htri_only', False))
+    elif device.type == 'cuda' and torch.cuda.device_count() > 1:
+        wrapped = nn.DataParallel(model)
+    else:
+        wrapped = model
+    return torch.compile(wrapped) if args.compile else wrapped
+
+
+def resolve_resume(args):
+    """Turn --resume auto into the newest complete checkpoint of --save-dir, or '' when there
+    is none (a fresh start), saying which; returns the loaded checkpoint or None."""
+    if args.resume != 'auto':
+        return utils.load_checkpoint(args.resume) if args.resume else None
+    path, checkpoint = utils.find_last_checkpoint(args.save_dir)
+    if path is None:
+        print(f'--resume auto: no checkpoint in {args.save_dir} yet, starting fresh')
+        args.resume = ''
+        return None
+    print(f'--resume auto: continuing from {path} (epoch {checkpoint["epoch"]})')
+    args.resume = path
+    return checkpoint
+
+
+def restore_training_state(checkpoint, model, criterion, optimizer, center_optimizer, scaler, args):
+    """Load the weights (and, to continue training, the optimizer, RNG and loss states) of a
+    checkpoint; returns (start_epoch, best_rank1, best_epoch)."""
+    start_epoch, best_rank1, best_epoch = args.start_epoch, -float('inf'), 0
+    skipped = utils.load_model_weights(model, checkpoint['state_dict'])
+    print(f'Loaded checkpoint {args.resume}' + (f' (epoch {checkpoint["epoch"]})' if 'epoch' in checkpoint else ''))
+    if skipped:
+        print(f'Note: skipped the checkpoint\'s classifier ({", ".join(skipped)}): it was trained on '
+              f'another number of identities; features, and so evaluation, do not use it')
+    if args.evaluate:
+        return start_epoch, best_rank1, best_epoch
+    if 'optimizer' not in checkpoint or skipped:
+        print('Note: the checkpoint holds weights only (no optimizer state for this data); '
+              f'training starts from them at epoch {start_epoch + 1} with a fresh optimizer')
+        return start_epoch, best_rank1, best_epoch
+    optimizer.load_state_dict(checkpoint['optimizer'])
+    if center_optimizer is not None:
+        if 'center_optimizer' not in checkpoint:
+            raise UsageError(f'--center-loss is on but the checkpoint {args.resume} was trained '
+                             f'without it: resume with the flags of that run')
+        criterion.load_state_dict(checkpoint['criterion'])
+        center_optimizer.load_state_dict(checkpoint['center_optimizer'])
+    if scaler.is_enabled() and 'scaler' in checkpoint:
+        scaler.load_state_dict(checkpoint['scaler'])
+    # Each rank continues its own random streams (augmentations); a checkpoint of another
+    # number of processes cannot give them, so the ranks then reseed.
+    rng_ranks = checkpoint.get('rng_ranks', [checkpoint['rng']])
+    if len(rng_ranks) == args.world_size:
+        utils.set_rng_state(rng_ranks[args.rank])
+    else:
+        print(f'Note: the checkpoint was written by {len(rng_ranks)} processes, this run has '
+              f'{args.world_size}: each process reseeds its random numbers with --seed + rank + epoch')
+        utils.set_seed(args.seed + args.rank + checkpoint['epoch'])
+    print(f'Resuming training from epoch {checkpoint["epoch"] + 1}')
+    return checkpoint['epoch'], checkpoint['best_rank1'], checkpoint['best_epoch']
+
+
+def save_training_state(model, criterion, optimizer, center_optimizer, scaler, scheduler, epoch, best, args,
+                        video, result=None):
+    """Checkpoint after `epoch` (1-based) on rank 0, atomically: checkpoint_ep{epoch} at an
+    evaluation (result = (rank1, mAP, is_best), given on every rank; best_model too when
+    is_best), and checkpoint_last every --save-freq epochs and at the end. Every rank must call
+    it (the RNG states of all ranks are gathered). Returns the path of the newest checkpoint
+    written, or None."""
+    save_last = epoch % args.save_freq == 0 or epoch == args.max_epoch
+    if result is None and not save_last:
+        return None
+    state = {
+        'state_dict': model.state_dict(), 'epoch': epoch, 'arch': args.arch,
+        'model': options.model_config(args, video), 'best_rank1': float(best[0]), 'best_epoch': best[1],
+        'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(), 'args': vars(args),
+    }
+    rng_ranks = utils.all_gather_objects(utils.rng_state())
+    state['rng'] = rng_ranks[0]
+    if args.distributed:
+        state['rng_ranks'] = rng_ranks
+    if center_optimizer is not None:
+        state.update(criterion=criterion.state_dict(), center_optimizer=center_optimizer.state_dict())
+    if scaler.is_enabled():
+        state['scaler'] = scaler.state_dict()
+    if args.rank != 0:
+        return None
+    written = None
+    if result is not None:
+        rank1, mAP, is_best = result
+        state.update(rank1=float(rank1), mAP=float(mAP))
+        written = os.path.join(args.save_dir, f'checkpoint_ep{epoch}.pth.tar')
+        utils.save_checkpoint(state, written)
+        if is_best:
+            utils.copy_file_atomic(written, os.path.join(args.save_dir, 'best_model.pth.tar'))
+    if save_last:
+        last = os.path.join(args.save_dir, 'checkpoint_last.pth.tar')
+        if written is not None:
+            utils.copy_file_atomic(written, last)
+        else:
+            utils.save_checkpoint(state, last)
+        written = last
+    return written
 
 
 def run(args, *, video, loss, build_criterion):
@@ -229,7 +445,7 @@ def run(args, *, video, loss, build_criterion):
     if args.amp and not use_gpu:
         print('Note: --amp only applies on CUDA; running in float32')
 
-    checkpoint = utils.load_checkpoint(args.resume) if args.resume else None
+    checkpoint = resolve_resume(args)
     try:
         taken = options.resolve_model_config(args, checkpoint)
     except ValueError as error:
@@ -255,35 +471,21 @@ def run(args, *, video, loss, build_criterion):
     center_optimizer = None
     if criterion.center is not None:
         center_optimizer = torch.optim.SGD(criterion.center.parameters(), lr=args.center_lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(args, device) == torch.float16)
+    if args.distributed:
+        # Same initial weights and centers on every rank (DDP also broadcasts the model's),
+        # then different random streams, so that the ranks' augmentations differ.
+        for tensor in criterion.state_dict().values():
+            torch.distributed.broadcast(tensor, 0)
+        utils.set_seed(args.seed + args.rank)
 
     start_epoch, best_rank1, best_epoch = args.start_epoch, -float('inf'), 0
     if checkpoint is not None:
-        skipped = utils.load_model_weights(model, checkpoint['state_dict'])
-        print(f'Loaded checkpoint {args.resume}' + (f' (epoch {checkpoint["epoch"]})' if 'epoch' in checkpoint else ''))
-        if skipped:
-            print(f'Note: skipped the checkpoint\'s classifier ({", ".join(skipped)}): it was trained on '
-                  f'another number of identities; features, and so evaluation, do not use it')
-        if not args.evaluate:
-            if 'optimizer' in checkpoint and not skipped:
-                optimizer.load_state_dict(checkpoint['optimizer'])
-                if center_optimizer is not None:
-                    if 'center_optimizer' not in checkpoint:
-                        raise UsageError(f'--center-loss is on but the checkpoint {args.resume} was trained '
-                                         f'without it: resume with the flags of that run')
-                    criterion.load_state_dict(checkpoint['criterion'])
-                    center_optimizer.load_state_dict(checkpoint['center_optimizer'])
-                utils.set_rng_state(checkpoint['rng'])
-                start_epoch = checkpoint['epoch']
-                best_rank1, best_epoch = checkpoint['best_rank1'], checkpoint['best_epoch']
-                print(f'Resuming training from epoch {start_epoch + 1}')
-            else:
-                print('Note: the checkpoint holds weights only (no optimizer state for this data); '
-                      f'training starts from them at epoch {start_epoch + 1} with a fresh optimizer')
+        start_epoch, best_rank1, best_epoch = restore_training_state(
+            checkpoint, model, criterion, optimizer, center_optimizer, scaler, args)
     scheduler = solver.build_scheduler(optimizer, args, start_epoch)
 
-    model = model.to(device)
-    if use_gpu and torch.cuda.device_count() > 1:
-        model = nn.DataParallel(model)
+    model = model.to(device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
 
     if args.evaluate:
         print('Evaluate only')
@@ -291,34 +493,30 @@ def run(args, *, video, loss, build_criterion):
         print(f'Finished. Total elapsed time (h:m:s): {datetime.timedelta(seconds=round(time.time() - start_time))}')
         return
 
+    train_model = wrap_for_training(model, device, args)
     last_checkpoint = args.resume or None
     print('==> Start training')
     try:
         for epoch in range(start_epoch, args.max_epoch):
             print(f'==> Epoch {epoch + 1}/{args.max_epoch}  (lr {scheduler.get_last_lr()[0]:.2e})')
-            train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, trainloader, device, args)
+            train_one_epoch(epoch, train_model, criterion, optimizer, center_optimizer, scaler, trainloader,
+                            device, args)
             scheduler.step()
+            result = None
             if (args.eval_step > 0 and (epoch + 1) % args.eval_step == 0) or epoch + 1 == args.max_epoch:
                 print('==> Test')
                 rank1, mAP = test(model, queryloader, galleryloader, device, args)
-                is_best = rank1 > best_rank1
+                is_best = args.rank == 0 and rank1 > best_rank1
                 if is_best:
                     best_rank1, best_epoch = rank1, epoch + 1
-                last_checkpoint = os.path.join(args.save_dir, f'checkpoint_ep{epoch + 1}.pth.tar')
-                state = {
-                    'state_dict': unwrap(model).state_dict(), 'epoch': epoch + 1, 'arch': args.arch,
-                    'model': options.model_config(args, video), 'rank1': float(rank1), 'mAP': float(mAP),
-                    'best_rank1': float(best_rank1), 'best_epoch': best_epoch,
-                    'optimizer': optimizer.state_dict(), 'rng': utils.rng_state(), 'args': vars(args),
-                }
-                if center_optimizer is not None:
-                    state.update(criterion=criterion.state_dict(), center_optimizer=center_optimizer.state_dict())
-                utils.save_checkpoint(state, last_checkpoint)
-                if is_best:
-                    utils.copy_file_atomic(last_checkpoint, os.path.join(args.save_dir, 'best_model.pth.tar'))
+                result = (rank1, mAP, is_best)
+            written = save_training_state(model, criterion, optimizer, center_optimizer, scaler, scheduler,
+                                          epoch + 1, (best_rank1, best_epoch), args, video, result)
+            last_checkpoint = written or last_checkpoint
     except KeyboardInterrupt:
         print(f'\nInterrupted. Last checkpoint: {last_checkpoint or "none written yet"}')
         sys.exit(130)
 
-    print(f'==> Best Rank-1 {best_rank1:.1%}, achieved at epoch {best_epoch}')
+    if args.rank == 0:
+        print(f'==> Best Rank-1 {best_rank1:.1%}, achieved at epoch {best_epoch}')
     print(f'Finished. Total elapsed time (h:m:s): {datetime.timedelta(seconds=round(time.time() - start_time))}')

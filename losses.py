@@ -3,6 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import utils
+
 __all__ = ['CrossEntropyLabelSmooth', 'TripletLoss', 'CenterLoss', 'ReIDLoss', 'pairwise_euclidean']
 
 
@@ -44,7 +46,8 @@ class TripletLoss(nn.Module):
     (other pid) by Euclidean distance give max(0, d_ap - d_an + margin); the loss is the mean
     over anchors. An anchor with no positive or no negative in the batch has no triplet and is
     left out of the mean; a batch with no triplet at all gives 0 (still connected to the graph,
-    so backward works and contributes nothing).
+    so backward works and contributes nothing). Masks multiply rather than index, so the loss
+    never waits for the device (no host sync).
     inputs: features (B, D); targets: pids (B,).
     """
 
@@ -59,10 +62,10 @@ class TripletLoss(nn.Module):
         negative = ~same
         dist_ap = dist.masked_fill(~positive, float('-inf')).amax(dim=1)
         dist_an = dist.masked_fill(~negative, float('inf')).amin(dim=1)
-        has_triplet = positive.any(dim=1) & negative.any(dim=1)
-        if not has_triplet.any():
-            return inputs.sum() * 0.0
-        return F.relu(dist_ap - dist_an + self.margin)[has_triplet].mean()
+        has_triplet = (positive.any(dim=1) & negative.any(dim=1)).float()
+        # An anchor without a triplet has an infinite term: zero it with where, not a product.
+        terms = torch.where(has_triplet > 0, F.relu(dist_ap - dist_an + self.margin), 0.0)
+        return terms.sum() / has_triplet.sum().clamp(min=1)
 
 
 class CenterLoss(nn.Module):
@@ -93,6 +96,12 @@ class ReIDLoss(nn.Module):
     inputs: the model's training output, logits (B, num_classes) or (logits, features (B, D));
     targets: (B,). The losses run in float32 whatever autocast chose for the network: squared
     distances of float16 features overflow.
+
+    Under DistributedDataParallel (a process group of several ranks) the triplet and center
+    terms see the global batch: features and pids of every rank are gathered (utils.all_gather_grad),
+    so every rank computes the same global term and its gradient flows back into the local
+    features, scaled so that DDP's averaging gives the single-process gradient. The cross
+    entropy stays local: the mean of the ranks' local means is the global mean.
     """
 
     def __init__(self, num_classes, label_smooth=0.1, margin=None, htri_only=False, center_weight=0.0,
@@ -115,9 +124,11 @@ class ReIDLoss(nn.Module):
         with torch.autocast(logits.device.type, enabled=False):
             logits = logits.float()
             features = features.float() if features is not None else None
-            loss = self.htri(features, targets) if self.htri is not None else logits.new_zeros(())
-            if not self.htri_only:
-                loss = loss + self.xent(logits, targets)
+            loss = logits.new_zeros(()) if self.htri_only else self.xent(logits, targets)
+            if self.needs_features and utils.is_distributed() and torch.is_grad_enabled():
+                features, targets = utils.all_gather_grad(features), utils.all_gather_grad(targets)
+            if self.htri is not None:
+                loss = loss + self.htri(features, targets)
             if self.center is not None:
                 loss = loss + self.center_weight * self.center(features, targets)
         return loss

@@ -87,8 +87,12 @@ class ReIDArgumentParser(argparse.ArgumentParser):
             self.error(f'--label-smooth must be in [0, 1), got {args.label_smooth}')
         if args.center_loss < 0:
             self.error(f'--center-loss must be >= 0 (0: off), got {args.center_loss}')
-        if args.resume and not os.path.isfile(args.resume):
-            self.error(f'--resume {args.resume}: no such file')
+        if args.resume and args.resume != 'auto' and not os.path.isfile(args.resume):
+            self.error(f'--resume {args.resume}: no such file (or auto: the newest checkpoint of --save-dir)')
+        if args.save_freq < 1:
+            self.error(f'--save-freq must be a positive number of epochs, got {args.save_freq}')
+        if args.amp_dtype and not args.amp:
+            self.error(f'--amp-dtype {args.amp_dtype} needs --amp')
         if args.pretrained_path and not os.path.isfile(args.pretrained_path):
             self.error(f'--pretrained-path {args.pretrained_path}: no such file')
         if self.triplet:
@@ -194,14 +198,30 @@ def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False
     misc = parser.add_argument_group('run')
     misc.add_argument('--print-freq', type=int, default=10, help='print every this many batches')
     misc.add_argument('--seed', type=int, default=1)
-    misc.add_argument('--resume', default='', metavar='PATH', help='checkpoint to continue from or evaluate')
+    misc.add_argument('--resume', default='', metavar='PATH',
+                      help='checkpoint to continue from or evaluate; auto: the newest complete checkpoint in '
+                           '--save-dir if there is one, else start fresh')
+    misc.add_argument('--save-freq', type=int, default=1,
+                      help='write <save-dir>/checkpoint_last.pth.tar every this many epochs (default: %(default)s)')
     misc.add_argument('--evaluate', action='store_true', help='evaluate only')
     misc.add_argument('--eval-step', type=int, default=-1,
                       help='test and checkpoint every this many epochs; -1: after training only')
     misc.add_argument('--save-dir', type=str, default='log')
     misc.add_argument('--use-cpu', action='store_true', help='run on the CPU even if CUDA is available')
     misc.add_argument('--gpu-devices', default='0', type=str, help='CUDA_VISIBLE_DEVICES, e.g. 0,1,2,3')
-    misc.add_argument('--amp', action='store_true', help='bfloat16 autocast on CUDA (faster; ignored on CPU)')
+
+    speed = parser.add_argument_group('speed and scale-out (several GPUs: torchrun --nproc-per-node N <script> ...)')
+    speed.add_argument('--amp', action='store_true',
+                       help='mixed precision on CUDA: autocast to --amp-dtype; ignored on the CPU')
+    speed.add_argument('--amp-dtype', choices=('bfloat16', 'float16'),
+                       help='default: bfloat16 where the GPU supports it (Ampere and newer), else float16 '
+                            'with a GradScaler')
+    speed.add_argument('--channels-last', action='store_true', help='channels-last memory format (faster convolutions '
+                                                                    'on recent GPUs, with --amp)')
+    speed.add_argument('--compile', action='store_true', help='torch.compile the model for training '
+                                                              '(checkpoints keep the plain names)')
+    speed.add_argument('--sync-bn', action='store_true',
+                       help='under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)')
 
     reranking = parser.add_argument_group('k-reciprocal re-ranking (Zhong et al., CVPR 2017)')
     reranking.add_argument('--rerank', action='store_true', help='also report results after re-ranking')

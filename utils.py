@@ -1,5 +1,7 @@
-"""Small helpers the training scripts share: logging, meters, checkpoints, RNG state."""
+"""Small helpers the training scripts share: logging, meters, checkpoints, RNG state, and the
+pieces of distributed training (process group, gathers, SyncBatchNorm on the CPU)."""
 import contextlib
+import glob
 import os
 import pickle
 import random
@@ -10,9 +12,13 @@ import zipfile
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
 
 __all__ = ['AverageMeter', 'tee_stdout', 'set_seed', 'rng_state', 'set_rng_state', 'CheckpointError',
-           'save_checkpoint', 'copy_file_atomic', 'load_checkpoint', 'load_model_weights']
+           'save_checkpoint', 'copy_file_atomic', 'load_checkpoint', 'load_model_weights', 'find_last_checkpoint',
+           'init_distributed_mode', 'is_distributed', 'get_rank', 'get_world_size', 'all_gather_grad',
+           'gather_in_order', 'all_gather_objects', 'convert_sync_batchnorm']
 
 
 class AverageMeter:
@@ -186,3 +192,174 @@ def load_model_weights(model, state_dict):
             f'the checkpoint does not fit this model (wrong --arch?): {len(missing)} missing tensors '
             f'(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})')
     return skipped
+
+
+def find_last_checkpoint(save_dir):
+    """The newest complete training checkpoint in save_dir, as (path, checkpoint), or (None, None).
+
+    checkpoint_last.pth.tar is the newest unless --save-freq skipped epochs that evaluation
+    checkpoints cover, so checkpoint_ep{N} files of later epochs are tried too, newest first.
+    A file that cannot be read (which atomic saving rules out, short of disk damage) is skipped
+    with a note, falling back to an older one.
+    """
+    def epoch_of(path):
+        return int(os.path.basename(path)[len('checkpoint_ep'):-len('.pth.tar')])
+
+    candidates = sorted(glob.glob(os.path.join(glob.escape(save_dir), 'checkpoint_ep*.pth.tar')),
+                        key=epoch_of, reverse=True)
+    last = os.path.join(save_dir, 'checkpoint_last.pth.tar')
+    if os.path.isfile(last):
+        candidates.insert(0, last)
+    best_path, best = None, None
+    for path in candidates:
+        if best is not None and path != last and epoch_of(path) <= best['epoch']:
+            break
+        try:
+            checkpoint = load_checkpoint(path)
+        except CheckpointError as error:
+            print(f'Note: skipping {path}: {error}')
+            continue
+        if 'optimizer' in checkpoint and (best is None or checkpoint['epoch'] > best['epoch']):
+            best_path, best = path, checkpoint
+    return best_path, best
+
+
+def init_distributed_mode(args):
+    """Join the process group when launched by torchrun (RANK, WORLD_SIZE, LOCAL_RANK in the
+    environment), as torchvision's references do: NCCL with one GPU per process, or gloo on
+    the CPU. Sets args.distributed, args.rank, args.world_size, args.local_rank."""
+    if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ:
+        args.distributed, args.rank, args.world_size, args.local_rank = False, 0, 1, 0
+        return
+    args.rank, args.world_size = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+    args.local_rank = int(os.environ.get('LOCAL_RANK', 0))
+    args.distributed = True
+    use_cuda = not args.use_cpu and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(args.local_rank)
+    dist.init_process_group(backend='nccl' if use_cuda else 'gloo',
+                            device_id=torch.device('cuda', args.local_rank) if use_cuda else None)
+
+
+def is_distributed():
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank():
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size():
+    return dist.get_world_size() if is_distributed() else 1
+
+
+class _AllGatherGrad(torch.autograd.Function):
+    """Concatenate every rank's (B, ...) tensor, in rank order; backward sums the incoming
+    gradient over ranks and returns this rank's slice (each rank's loss depends on every
+    slice, so each slice's gradient is the sum of what all ranks send back)."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad.chunk(dist.get_world_size())[dist.get_rank()]
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; the gradient of a sum that every rank uses is the sum of the gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def all_gather_grad(tensor):
+    """(B, ...) on every rank -> (world_size * B, ...), differentiable (see _AllGatherGrad).
+
+    When every rank computes the same loss of the gathered tensor, DDP's gradient averaging
+    then yields exactly the single-process gradient of that loss. Every rank must pass the
+    same B. Without a process group this is the identity."""
+    return _AllGatherGrad.apply(tensor) if is_distributed() else tensor
+
+
+def gather_in_order(tensor):
+    """(n_rank, ...) shards of contiguous ranges, on every rank -> (sum of n_rank, ...) in rank
+    order, so dataset order when rank r holds the r-th contiguous range. Shards may differ
+    in length by any amount: they are padded to the longest for the collective."""
+    if not is_distributed():
+        return tensor
+    sizes = [torch.zeros((), dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor(len(tensor), device=tensor.device))
+    sizes = [int(n) for n in sizes]
+    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+    padded[:len(tensor)] = tensor
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+
+
+def all_gather_objects(obj):
+    """[obj of rank 0, obj of rank 1, ...] (picklable objects; [obj] without a process group)."""
+    if not is_distributed():
+        return [obj]
+    objects = [None] * dist.get_world_size()
+    dist.all_gather_object(objects, obj)
+    return objects
+
+
+class SyncBatchNorm(nn.SyncBatchNorm):
+    """nn.SyncBatchNorm that also runs on the CPU (gloo): batch statistics over the global
+    batch, from two differentiable all-reduces (sum, then sum of squared deviations), so
+    autograd gives the gradients of BatchNorm over the whole batch.
+
+    On CUDA, outside training, or without a process group it is nn.SyncBatchNorm (which falls
+    back to plain BatchNorm when there is nothing to synchronise).
+    """
+
+    def forward(self, x):
+        if x.device.type != 'cpu' or not self.training or not is_distributed():
+            return super().forward(x)
+        dims = [0] + list(range(2, x.dim()))
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        count = torch.tensor(float(x.numel() // x.shape[1]))
+        dist.all_reduce(count)
+        mean = _AllReduceSum.apply(x.sum(dims)) / count
+        centered = x - mean.view(shape)
+        var = _AllReduceSum.apply(centered.pow(2).sum(dims)) / count
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = 1 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean, momentum)
+                self.running_var.lerp_(var * count / (count - 1), momentum)
+        out = centered * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out
+
+
+def convert_sync_batchnorm(module):
+    """Replace every BatchNorm layer of `module` by SyncBatchNorm (weights and running
+    statistics kept); returns the converted module, like nn.SyncBatchNorm.convert_sync_batchnorm."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        converted = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                  module.track_running_stats)
+        converted.load_state_dict(module.state_dict())
+        return converted
+    for name, child in module.named_children():
+        module.add_module(name, convert_sync_batchnorm(child))
+    return module

@@ -127,7 +127,7 @@ def test_random_identity_sampler_structure(market):
 
 def test_random_identity_sampler_replacement_for_small_ids():
     data = [('x', 0, 0), ('y', 1, 0), ('z', 1, 1)]
-    indices = list(RandomIdentitySampler(data, num_instances=4, generator=torch.Generator().manual_seed(0)))
+    indices = list(RandomIdentitySampler(data, num_instances=4, seed=0))
     assert Counter(data[i][1] for i in indices) == {0: 4, 1: 4}
 
 
@@ -136,7 +136,7 @@ def test_random_identity_sampler_reproducible(market):
         torch.manual_seed(seed)
         _, transform = build_transforms(16, 8)
         loader = DataLoader(ImageDataset(market.train, transform), batch_size=8,
-                            sampler=RandomIdentitySampler(market.train, 4), num_workers=workers)
+                            sampler=RandomIdentitySampler(market.train, 4, seed=seed), num_workers=workers)
         return [pids.tolist() for _, pids, _ in loader]
     assert order(1, 0) == order(1, 2)
     assert order(1, 2) == order(1, 2)

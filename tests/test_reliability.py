@@ -174,6 +174,7 @@ def test_truncated_or_foreign_files_are_refused(tmp_path):
 
 class NaNAtCall(CrossEntropyLabelSmooth):
     """The scripts' loss, turning NaN at its nan_at-th call."""
+    center = None
 
     def __init__(self, num_classes, nan_at):
         super().__init__(num_classes)
@@ -191,7 +192,7 @@ def test_nan_loss_stops_with_epoch_batch_and_keeps_checkpoint(synthetic_root, tm
          '--save-dir', str(tmp_path)])
     # 121 training images, batches of 32: 3 batches an epoch, so call 5 is epoch 2, batch 2.
     with pytest.raises(SystemExit) as info:
-        engine.main(args, video=False, loss={'xent'}, build_criterion=lambda a, n: NaNAtCall(n, nan_at=5))
+        engine.main(args, video=False, loss={'xent'}, build_criterion=lambda a, n, d: NaNAtCall(n, nan_at=5))
     assert info.value.code == 1
     stderr = capsys.readouterr().err
     assert 'the loss became nan at epoch 2, batch 2/3' in stderr and '--lr' in stderr and '--amp' in stderr
@@ -209,6 +210,7 @@ def test_ctrl_c_exits_cleanly_naming_the_last_checkpoint(synthetic_root, tmp_pat
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130
-    assert f'Interrupted. Last checkpoint: {tmp_path / "checkpoint_ep1.pth.tar"}' in stdout
+    assert f'Interrupted. Last checkpoint: {tmp_path / "checkpoint_last.pth.tar"}' in stdout
     assert 'Traceback' not in stderr
+    assert utils.load_checkpoint(str(tmp_path / 'checkpoint_last.pth.tar'))['epoch'] == 1
     assert utils.load_checkpoint(str(tmp_path / 'checkpoint_ep1.pth.tar'))['epoch'] == 1
