@@ -328,7 +328,7 @@ def wrap_for_training(model, device, args):
     visible GPUs, then torch.compile'd with --compile. `model` itself stays the plain module
     that checkpoints save (plain key names) and tests run."""
     if args.sync_bn and args.distributed:
-        model = utils.convert_sync_batchnorm(model)
+        model = utils.convert_sync_batchnorm(model, device)
     if args.distributed:
         # --htri-only leaves the classifier out of the loss: DDP must not wait for its gradient.
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None,

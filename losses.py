@@ -122,8 +122,9 @@ class ReIDLoss(nn.Module):
     def forward(self, inputs, targets):
         logits, features = inputs if self.needs_features else (inputs, None)
         with torch.autocast(logits.device.type, enabled=False):
-            logits = logits.float()
-            features = features.float() if features is not None else None
+            # At least float32 (float64 stays float64).
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            features = features.to(logits.dtype) if features is not None else None
             loss = logits.new_zeros(()) if self.htri_only else self.xent(logits, targets)
             if self.needs_features and utils.is_distributed() and torch.is_grad_enabled():
                 features, targets = utils.all_gather_grad(features), utils.all_gather_grad(targets)

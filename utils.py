@@ -321,17 +321,18 @@ def all_gather_objects(obj):
     return objects
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
-    """nn.SyncBatchNorm that also runs on the CPU (gloo): batch statistics over the global
-    batch, from two differentiable all-reduces (sum, then sum of squared deviations), so
-    autograd gives the gradients of BatchNorm over the whole batch.
+class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """SyncBatchNorm for the CPU (gloo), where nn.SyncBatchNorm refuses to run: batch statistics
+    over the global batch from two differentiable all-reduces (sum, then sum of squared
+    deviations), so autograd gives the gradients of BatchNorm over the whole batch. Outside
+    training or without a process group it is plain BatchNorm. Inputs (N, C, ...)."""
 
-    On CUDA, outside training, or without a process group it is nn.SyncBatchNorm (which falls
-    back to plain BatchNorm when there is nothing to synchronise).
-    """
+    def _check_input_dim(self, x):
+        if x.dim() < 2:
+            raise ValueError(f'expected at least 2-D input (N, C, ...), got {x.dim()}-D')
 
     def forward(self, x):
-        if x.device.type != 'cpu' or not self.training or not is_distributed():
+        if not self.training or not is_distributed():
             return super().forward(x)
         dims = [0] + list(range(2, x.dim()))
         shape = [1, -1] + [1] * (x.dim() - 2)
@@ -352,14 +353,18 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         return out
 
 
-def convert_sync_batchnorm(module):
-    """Replace every BatchNorm layer of `module` by SyncBatchNorm (weights and running
-    statistics kept); returns the converted module, like nn.SyncBatchNorm.convert_sync_batchnorm."""
+def convert_sync_batchnorm(module, device):
+    """Replace every BatchNorm layer of `module` by one that normalises over the global batch:
+    nn.SyncBatchNorm on GPUs, CPUSyncBatchNorm on the CPU (weights and running statistics
+    kept); returns the converted module."""
+    if device.type != 'cpu':
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        converted = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                  module.track_running_stats)
+        like = next(t for t in (module.weight, module.running_mean) if t is not None)
+        converted = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                     module.track_running_stats, device=like.device, dtype=like.dtype)
         converted.load_state_dict(module.state_dict())
         return converted
     for name, child in module.named_children():
-        module.add_module(name, convert_sync_batchnorm(child))
+        module.add_module(name, convert_sync_batchnorm(child, device))
     return module
