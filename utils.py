@@ -237,8 +237,18 @@ def init_distributed_mode(args):
     use_cuda = not args.use_cpu and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(args.local_rank)
-    dist.init_process_group(backend='nccl' if use_cuda else 'gloo',
-                            device_id=torch.device('cuda', args.local_rank) if use_cuda else None)
+    backend, device_id = ('nccl', torch.device('cuda', args.local_rank)) if use_cuda else ('gloo', None)
+    if os.environ.get('TORCHELASTIC_USE_AGENT_STORE') != 'True':
+        dist.init_process_group(backend=backend, device_id=device_id)
+        return
+    # torchrun's store outlives a restart of the workers (--max-restarts), and the keys the
+    # killed workers left there would let the new ones dial dead addresses and hang. So every
+    # generation of workers takes a fresh key prefix: the number of workers started so far,
+    # counted in the store, divided by the world size (the same on every rank and node).
+    store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), is_master=False)
+    generation = (store.add('reid/workers_started', 1) - 1) // args.world_size
+    dist.init_process_group(backend=backend, device_id=device_id, rank=args.rank, world_size=args.world_size,
+                            store=dist.PrefixStore(f'reid/generation_{generation}/', store))
 
 
 def is_distributed():

@@ -1,0 +1,144 @@
+"""Training throughput: images/s of the input pipeline per loader worker, and of the train step
+alone (engine.train_step) for float32 / --amp / --channels-last / --compile.
+
+    python benchmarks/bench_train.py                       # CPU: loader rows, fp32 and channels_last steps
+    python benchmarks/bench_train.py --device cuda --batch 64 --modes fp32 amp amp+channels_last compile
+
+The loader rows run in this one process, so they are what each DataLoader worker delivers:
+N workers feed at most N times that. Images are Market-1501-sized JPEGs (128 x 64, written
+here), trained at --height x --width. The step rows time ResNet-50 on random batches (the
+loader is not involved). Every row prints the command line that measures it alone.
+"""
+import argparse
+import os
+import shlex
+import sys
+import tempfile
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.io import decode_jpeg, read_file
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+
+import engine  # noqa: E402
+import models  # noqa: E402
+from dataset_loader import read_image  # noqa: E402
+from losses import ReIDLoss  # noqa: E402
+from transforms import build_transforms  # noqa: E402
+
+MODES = ('fp32', 'amp', 'channels_last', 'amp+channels_last', 'compile')
+
+
+def write_jpegs(folder, count, seed=0):
+    """`count` 128 x 64 JPEGs with the texture of pedestrian crops (smooth regions plus
+    noise), at the size the real Market-1501 files have (a few KB)."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        coarse = Image.fromarray(rng.integers(0, 256, (16, 8, 3), dtype=np.uint8)).resize((64, 128), Image.BILINEAR)
+        pixels = np.asarray(coarse, dtype=np.int16) + rng.integers(-12, 13, (128, 64, 3))
+        path = os.path.join(folder, f'{i:05d}.jpg')
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def images_per_second(function, items, repeat=2):
+    """Best of `repeat` passes of function over items, in items per second."""
+    best = float('inf')
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for item in items:
+            function(item)
+        best = min(best, time.perf_counter() - start)
+    return len(items) / best
+
+
+def loader_rows(args):
+    train, _ = build_transforms(args.height, args.width, args.augment, args.random_erasing)
+    with tempfile.TemporaryDirectory() as folder:
+        paths = write_jpegs(folder, args.images)
+        size = sum(os.path.getsize(p) for p in paths) / len(paths) / 1024
+        print(f'{len(paths)} JPEGs of 128 x 64, {size:.1f} KB each on average; one process (= one loader worker)')
+        return [
+            ('decode, PIL (dataset_loader.read_image)', images_per_second(read_image, paths)),
+            ('decode, torchvision.io.decode_jpeg', images_per_second(lambda p: decode_jpeg(read_file(p)), paths)),
+            (f'decode + train transform ({args.augment}, erasing {args.random_erasing}) -> normalised float',
+             images_per_second(lambda p: train(read_image(p)), paths)),
+        ]
+
+
+def step_rate(args, mode):
+    """Images/s of engine.train_step (ResNet-50, xent + triplet, Adam) in `mode`."""
+    device = torch.device(args.device)
+    model = models.init_model('resnet50', num_classes=751, loss={'xent', 'htri'}, pretrained=False)
+    channels_last = 'channels_last' in mode
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format).train()
+    train_model = torch.compile(model) if mode == 'compile' else model
+    criterion = ReIDLoss(751, 0.1, margin=0.3).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
+    amp_dtype = engine.autocast_dtype(SimpleNamespace(amp='amp' in mode, amp_dtype=args.amp_dtype), device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    imgs = torch.randn(args.batch, 3, args.height, args.width, device=device)
+    if channels_last:
+        imgs = imgs.contiguous(memory_format=torch.channels_last)
+    pids = torch.arange(args.batch, device=device) // 4
+
+    def run(steps):
+        for _ in range(steps):
+            loss = engine.train_step(train_model, criterion, optimizer, None, scaler, imgs, pids, amp_dtype)
+        loss.item()  # wait for the device
+
+    run(args.warmup)
+    start = time.perf_counter()
+    run(args.steps)
+    return args.batch * args.steps / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--part', choices=('all', 'loader', 'step'), default='all')
+    parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda'))
+    parser.add_argument('--modes', nargs='+', choices=MODES, default=None,
+                        help='train-step modes (default: fp32 channels_last on the CPU, all on CUDA)')
+    parser.add_argument('--height', type=int, default=256)
+    parser.add_argument('--width', type=int, default=128)
+    parser.add_argument('--augment', default='translate', choices=('translate', 'pad-crop'))
+    parser.add_argument('--random-erasing', type=float, default=0.0)
+    parser.add_argument('--images', type=int, default=300, help='JPEGs for the loader rows')
+    parser.add_argument('--batch', type=int, default=32, help='train-step batch')
+    parser.add_argument('--steps', type=int, default=3, help='timed train steps')
+    parser.add_argument('--warmup', type=int, default=1, help='untimed train steps first (compile: several)')
+    parser.add_argument('--amp-dtype', choices=('bfloat16', 'float16'))
+    args = parser.parse_args()
+    modes = args.modes or (MODES if args.device == 'cuda' else ('fp32', 'channels_last'))
+    base = ['python', 'benchmarks/bench_train.py', '--height', str(args.height), '--width', str(args.width)]
+    rows = []
+    if args.part in ('all', 'loader'):
+        for name, rate in loader_rows(args):
+            rows.append((f'loader: {name}', rate, base + ['--part', 'loader', '--images', str(args.images),
+                                                         '--augment', args.augment, '--random-erasing',
+                                                         str(args.random_erasing)]))
+    if args.part in ('all', 'step'):
+        name = torch.cuda.get_device_name() if args.device == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
+        for mode in modes:
+            if 'amp' in mode and args.device == 'cpu':
+                print(f'step {mode}: skipped, --amp is ignored on the CPU')
+                continue
+            command = base + ['--part', 'step', '--device', args.device, '--modes', mode, '--batch', str(args.batch),
+                              '--steps', str(args.steps), '--warmup', str(args.warmup)]
+            if args.amp_dtype:
+                command += ['--amp-dtype', args.amp_dtype]
+            rows.append((f'train step: {mode} ({name}, batch {args.batch})', step_rate(args, mode), command))
+    width = max(len(name) for name, _, _ in rows)
+    print(f'\n{"what":<{width}}  images/s  command')
+    for name, rate, command in rows:
+        print(f'{name:<{width}}  {rate:8.1f}  {shlex.join(command)}')
+
+
+if __name__ == '__main__':
+    main()
