@@ -18,16 +18,6 @@ SCRIPTS = {
 
 
 @pytest.fixture(scope='module')
-def untrained_mAP(synthetic_root, tmp_path_factory):
-    """mAP of the randomly initialised model (same seed), per dataset."""
-    save_dir = tmp_path_factory.mktemp('untrained')
-    image = run_script('train_img_model_xent.py', *FAST, '--root', synthetic_root, '--evaluate', '--save-dir', save_dir)
-    video = run_script('train_vid_model_xent.py', *FAST, '--root', synthetic_root, '--seq-len', '4',
-                       '--evaluate', '--save-dir', save_dir)
-    return {'market1501': parse_results(image.stdout)[0][0], 'mars': parse_results(video.stdout)[0][0]}
-
-
-@pytest.fixture(scope='module')
 def trained(synthetic_root, tmp_path_factory):
     """Run each script once; tests below read their outputs."""
     runs = {}
