@@ -36,19 +36,22 @@ def check_split_id(split_id, num_splits, split_file):
 
 
 def print_table(name, unit, rows, footer=None):
+    """Print rows (subset, # ids, # items), the last one below a rule (the total)."""
+    width = max(8, *(len(subset) for subset, _, _ in rows))
+    rule = '  ' + '-' * (width + 22)
     print(f'=> {name} loaded')
     print('Dataset statistics:')
-    print('  ------------------------------')
-    print(f'  subset   | # ids | # {unit}')
-    print('  ------------------------------')
+    print(rule)
+    print(f'  {"subset":<{width}} | # ids | # {unit}')
+    print(rule)
     for subset, num_ids, count in rows[:-1]:
-        print(f'  {subset:<8} | {num_ids:5d} | {count:8d}')
-    print('  ------------------------------')
+        print(f'  {subset:<{width}} | {num_ids:5d} | {count:8d}')
+    print(rule)
     subset, num_ids, count = rows[-1]
-    print(f'  {subset:<8} | {num_ids:5d} | {count:8d}')
+    print(f'  {subset:<{width}} | {num_ids:5d} | {count:8d}')
     if footer:
         print(f'  {footer}')
-    print('  ------------------------------')
+    print(rule)
 
 
 class ReidDataset:
