@@ -1,6 +1,7 @@
 """Image datasets: Market-1501, DukeMTMC-reID, CUHK03 and MSMT17."""
 import os
 import re
+import shutil
 
 import numpy as np
 from scipy.io import loadmat
@@ -102,17 +103,27 @@ def extract_cuhk03_images(mat_path, kind, out_dir):
     from PIL import Image
 
     partial = f'{out_dir}.partial-{os.getpid()}'
+    shutil.rmtree(partial, ignore_errors=True)  # left by a killed run that had this process id
     os.makedirs(partial)
-    with h5py.File(mat_path, 'r') as mat:
-        for pair, pair_ref in enumerate(mat[kind][0], start=1):
-            cells = mat[pair_ref][:].T  # (persons, 10) references
-            for person, row in enumerate(cells, start=1):
-                for slot, ref in enumerate(row, start=1):
-                    img = mat[ref][:].T  # (H, W, 3); MATLAB's empty [] reads as the 1-D [0 0]
-                    if img.ndim < 3:
-                        continue
-                    Image.fromarray(img).save(os.path.join(partial, cuhk03_image_name(pair, person, slot)))
-    os.rename(partial, out_dir)
+    try:
+        with h5py.File(mat_path, 'r') as mat:
+            for pair, pair_ref in enumerate(mat[kind][0], start=1):
+                cells = mat[pair_ref][:].T  # (persons, 10) references
+                for person, row in enumerate(cells, start=1):
+                    for slot, ref in enumerate(row, start=1):
+                        img = mat[ref][:].T  # (H, W, 3); MATLAB's empty [] reads as the 1-D [0 0]
+                        if img.ndim < 3:
+                            continue
+                        Image.fromarray(img).save(os.path.join(partial, cuhk03_image_name(pair, person, slot)))
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    try:
+        os.rename(partial, out_dir)
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
+        if not os.path.isdir(out_dir):  # else another process finished the same extraction first
+            raise
 
 
 def _classic_testsets(mat_path):
