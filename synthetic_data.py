@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from scipy.io import savemat
 
-from data_manager import mars_folder
+from data_manager import cuhk03_image_name, mars_folder
 
 IMG_HEIGHT, IMG_WIDTH = 128, 64  # Market-1501's image size
 NUM_CAMERAS = 6
@@ -356,8 +356,6 @@ def make_cuhk03(out_dir, persons_per_pair=(5, 4, 3, 2, 2), num_test_ids=4, num_t
     per view and the rest of its images in the gallery; the others are train. testsets holds
     num_testsets classic splits of testset_size [pair, person] rows.
     """
-    from data_manager import cuhk03_image_name
-
     rng = np.random.default_rng(seed + 3)
     cameras = [random_camera(rng) for _ in range(10)]
     one_view = (1, persons_per_pair[0])
