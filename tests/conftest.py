@@ -55,6 +55,52 @@ def real_mars_root(tmp_path_factory):
     return _real_tree(tmp_path_factory, 'make_mars.py', 'mars')
 
 
+@pytest.fixture(scope='session')
+def real_dukemtmcreid_root(tmp_path_factory):
+    """A full-size DukeMTMC-reID tree with the real file names."""
+    return _real_tree(tmp_path_factory, 'make_dukemtmcreid.py', 'dukemtmc-reid')
+
+
+@pytest.fixture(scope='session')
+def real_cuhk03_root(tmp_path_factory):
+    """A full-size cuhk-03.mat (tiny images, real occupancy, synthetic testsets) and the real protocol files."""
+    return _real_tree(tmp_path_factory, 'make_cuhk03.py', 'cuhk03')
+
+
+@pytest.fixture(scope='session')
+def real_msmt17_root(tmp_path_factory):
+    """A full-size MSMT17_V1 tree from the real lists."""
+    return _real_tree(tmp_path_factory, 'make_msmt17.py', 'msmt17')
+
+
+@pytest.fixture(scope='session')
+def real_ilidsvid_root(tmp_path_factory):
+    """A full-size iLIDS-VID tree (real persons and frame counts) and the official split file."""
+    return _real_tree(tmp_path_factory, 'make_ilidsvid.py', 'ilids-vid')
+
+
+@pytest.fixture(scope='session')
+def real_prid2011_root(tmp_path_factory):
+    """A full-size PRID2011 multi_shot tree (real frame counts) and torchreid's split file."""
+    return _real_tree(tmp_path_factory, 'make_prid2011.py', 'prid2011')
+
+
+@pytest.fixture(scope='session')
+def real_dukemtmcvidreid_root(tmp_path_factory):
+    """A full-size DukeMTMC-VideoReID tree from the real tracklet tables (927k linked frames)."""
+    return _real_tree(tmp_path_factory, 'make_dukemtmcvidreid.py', 'dukemtmc-vidreid')
+
+
+@pytest.fixture(scope='session')
+def synthetic_benchmarks_root(tmp_path_factory):
+    """Tiny generated trees of the six further benchmarks, each in its real layout under one root."""
+    root = tmp_path_factory.mktemp('synthetic_benchmarks')
+    for name in ('dukemtmcreid', 'cuhk03', 'msmt17', 'ilidsvid', 'prid2011', 'dukemtmcvidreid'):
+        folder, maker = synthetic_data.MAKERS[name]
+        maker(root / folder, seed=5)
+    return root
+
+
 # Flags that make the scripts quick on a 2-core CPU: small images, random init, no workers.
 FAST = ['--height', '64', '--width', '32', '--no-pretrained', '--workers', '0', '--lr', '1e-3',
         '--stepsize', '0', '--print-freq', '1']
