@@ -7,6 +7,7 @@ import datetime
 import os
 import sys
 import time
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -52,13 +53,10 @@ def setup_device(args):
     return torch.device('cpu')
 
 
-def build_loaders(args, dataset, video, triplet, use_gpu):
-    """(trainloader, queryloader, galleryloader).
-
-    Video training decomposes tracklets into frames (image batches) unless --clip-train.
-    Test loaders draw from their own generator, so testing never moves the training RNG.
-    """
-    transform_train, transform_test = build_transforms(args.height, args.width, args.augment, args.random_erasing)
+def build_train_loader(args, dataset, video, triplet, use_gpu):
+    """The training DataLoader. Video training decomposes tracklets into frames (image batches)
+    unless --clip-train."""
+    transform_train, _ = build_transforms(args.height, args.width, args.augment, args.random_erasing)
     clip_train = video and args.clip_train
     train_items = dataset.train if not video or clip_train else frames_of(dataset.train)
     if clip_train:
@@ -77,8 +75,21 @@ def build_loaders(args, dataset, video, triplet, use_gpu):
     elif len(train_set) < args.train_batch:
         raise UsageError(f'the training split has {len(train_set)} samples, fewer than '
                          f'--train-batch {args.train_batch}')
-    trainloader = DataLoader(train_set, batch_size=args.train_batch, shuffle=sampler is None,
-                             sampler=sampler, num_workers=args.workers, pin_memory=use_gpu, drop_last=True)
+    return DataLoader(train_set, batch_size=args.train_batch, shuffle=sampler is None,
+                      sampler=sampler, num_workers=args.workers, pin_memory=use_gpu, drop_last=True)
+
+
+class Target(NamedTuple):
+    """A dataset to evaluate on, with its query and gallery loaders."""
+    dataset: object
+    queryloader: DataLoader
+    galleryloader: DataLoader
+
+
+def build_target(args, dataset, video, use_gpu):
+    """Test loaders of a dataset. They draw from their own generator, so testing never moves the
+    training RNG."""
+    _, transform_test = build_transforms(args.height, args.width)
 
     def test_loader(split):
         items = getattr(dataset, split)
@@ -92,11 +103,37 @@ def build_loaders(args, dataset, video, triplet, use_gpu):
         return DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=args.workers,
                           pin_memory=use_gpu, generator=torch.Generator())
 
-    return trainloader, test_loader('query'), test_loader('gallery')
+    return Target(dataset, test_loader('query'), test_loader('gallery'))
+
+
+def load_data(args, video, triplet, use_gpu):
+    """(train dataset, trainloader, [Target]): the union of the -d datasets for training, and
+    each --target (default: the -d datasets) that has a query/gallery split for testing."""
+    def load(name):
+        return data_manager.init_dataset(name, root=args.root, **options.dataset_options(args))
+
+    train_sets = [load(name) for name in args.dataset]
+    train_data = train_sets[0] if len(train_sets) == 1 else data_manager.combine_train(train_sets)
+    trainloader = build_train_loader(args, train_data, video, triplet, use_gpu)
+    targets = []
+    for name in args.target or args.dataset:
+        dataset = next((d for d in train_sets if d.name == name), None) or load(name)
+        if not dataset.has_test_split:
+            print(f'Note: {name} has no query/gallery folders, so it is not evaluated')
+            continue
+        if not dataset.has_camera_ids:
+            print(f'Note: {name} has no camera ids, so cross-camera filtering is off: a query is only kept '
+                  f'from matching the very same image or tracklet; every other gallery entry counts')
+        targets.append(build_target(args, dataset, video, use_gpu))
+    if not targets:
+        print('Note: no dataset to evaluate on: evaluation is disabled; checkpoints are still written')
+    return train_data, trainloader, targets
 
 
 def train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, trainloader, device, args):
-    """One pass over the training data; prints the classic 'Batch i/n  Loss val (avg)' lines.
+    """One pass over the training data; prints the classic 'Batch i/n  Loss val (avg)' lines,
+    followed by the images/s so far and the time left for the epoch and for the run (assuming
+    the remaining epochs run at this epoch's speed).
 
     With the center loss, its centers take their own SGD step, on a gradient rescaled by
     1 / --center-loss so that the weight scales the term for the network only (as the BoT
@@ -104,7 +141,7 @@ def train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, trainl
     """
     model.train()
     losses = utils.AverageMeter()
-    start, num_samples = time.time(), 0
+    progress = utils.Progress(len(trainloader) * trainloader.batch_size)
     for batch_idx, (imgs, pids, _) in enumerate(trainloader):
         imgs, pids = imgs.to(device, non_blocking=True), pids.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp and device.type == 'cuda'):
@@ -123,17 +160,20 @@ def train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, trainl
             criterion.center.centers.grad.mul_(1 / criterion.center_weight)
             center_optimizer.step()
         losses.update(loss.item(), pids.size(0))
-        num_samples += pids.size(0)
+        progress.update(pids.size(0))
         if (batch_idx + 1) % args.print_freq == 0:
-            print(f'Batch {batch_idx + 1}/{len(trainloader)}\t Loss {losses.val:.6f} ({losses.avg:.6f})')
-    elapsed = time.time() - start
-    print(f'Epoch {epoch + 1} done: loss {losses.avg:.6f}, {num_samples / elapsed:.1f} samples/s')
+            run_left = progress.total - progress.done + (args.max_epoch - epoch - 1) * progress.total
+            print(f'Batch {batch_idx + 1}/{len(trainloader)}\t Loss {losses.val:.6f} ({losses.avg:.6f})\t '
+                  f'{progress.rate:.1f} img/s, ETA epoch {progress.eta()}, run {progress.eta(run_left)}')
+    print(f'Epoch {epoch + 1} done: loss {losses.avg:.6f}, {progress.rate:.1f} samples/s')
     return losses.avg
 
 
 @torch.inference_mode()
-def extract_features(model, loader, device, flip=False, pool='avg', chunk=64):
+def extract_features(model, loader, device, flip=False, pool='avg', chunk=64, split='', every=10.0):
     """Test features of a split: ((N, D) float32 on the device, pids (N,), camids (N,)).
+
+    A long split prints a progress line (done, rate, time left) every `every` seconds.
 
     Each image goes through models.TestFeatureNet (the model's test feature, averaged with its
     mirror image's with flip). Clips (B, S, C, H, W) are run as B x S frames and pooled per
@@ -143,6 +183,7 @@ def extract_features(model, loader, device, flip=False, pool='avg', chunk=64):
     """
     net = models.TestFeatureNet(model, flip=flip).eval()
     features, pids, camids = [], [], []
+    progress, last_print = utils.Progress(len(loader.dataset)), time.time()
     for imgs, batch_pids, batch_camids in loader:
         imgs = imgs.to(device, non_blocking=True)
         if imgs.dim() == 5:
@@ -154,6 +195,10 @@ def extract_features(model, loader, device, flip=False, pool='avg', chunk=64):
             features.append(net(imgs))
         pids.append(batch_pids)
         camids.append(batch_camids)
+        progress.update(len(batch_pids))
+        if time.time() - last_print >= every and progress.done < progress.total:
+            print(f'  {split} features: {progress.done}/{progress.total}, {progress.rate:.1f}/s, ETA {progress.eta()}')
+            last_print = time.time()
     return torch.cat(features).float(), torch.cat(pids), torch.cat(camids)
 
 
@@ -162,9 +207,9 @@ def test(model, queryloader, galleryloader, device, args):
     (and, with --rerank, again after re-ranking); return (rank1, mAP) without re-ranking."""
     pool, chunk = getattr(args, 'pool', 'avg'), getattr(args, 'test_chunk', 64)
     start = time.time()
-    qf, q_pids, q_camids = extract_features(model, queryloader, device, args.flip_test, pool, chunk)
+    qf, q_pids, q_camids = extract_features(model, queryloader, device, args.flip_test, pool, chunk, 'query')
     print(f'Extracted features for query set, obtained {qf.shape[0]}-by-{qf.shape[1]} matrix')
-    gf, g_pids, g_camids = extract_features(model, galleryloader, device, args.flip_test, pool, chunk)
+    gf, g_pids, g_camids = extract_features(model, galleryloader, device, args.flip_test, pool, chunk, 'gallery')
     print(f'Extracted features for gallery set, obtained {gf.shape[0]}-by-{gf.shape[1]} matrix')
     print(f'==> Feature extraction: {time.time() - start:.1f} s')
     print(f'Computing distance matrix ({args.dist_metric})')
@@ -179,7 +224,18 @@ def test(model, queryloader, galleryloader, device, args):
         blocks = rerank.re_ranking_features(qf, gf, args.k1, args.k2, args.lambda_value, stream=True)
         print_results(evaluate_blocks(blocks, q_pids, g_pids, q_camids, g_camids, verbose=False),
                       title='Results with re-ranking')
-    return result.cmc[0], result.mAP
+    return float(result.cmc[0]), float(result.mAP)
+
+
+def test_targets(model, targets, device, args):
+    """Test on each target in turn, one labelled result block each; return the first one's
+    (rank1, mAP), which picks the best model."""
+    results = []
+    for target in targets:
+        if len(targets) > 1:
+            print(f'==> Target {target.dataset.name}')
+        results.append(test(model, target.queryloader, target.galleryloader, device, args))
+    return results[0]
 
 
 def print_results(result, title='Results'):
@@ -237,9 +293,8 @@ def run(args, *, video, loss, build_criterion):
     if taken:
         print('From the checkpoint: ' + ', '.join(f'{k} {v}' for k, v in taken))
 
-    print(f'Initializing dataset {args.dataset}')
-    dataset = data_manager.init_dataset(args.dataset, root=args.root)
-    trainloader, queryloader, galleryloader = build_loaders(args, dataset, video, 'htri' in loss, use_gpu)
+    print(f'Initializing dataset {" + ".join(args.dataset)}')
+    dataset, trainloader, targets = load_data(args, video, 'htri' in loss, use_gpu)
 
     print(f'Initializing model: {args.arch}')
     model_loss = loss | {'cent'} if args.center_loss > 0 else loss
@@ -287,7 +342,9 @@ def run(args, *, video, loss, build_criterion):
 
     if args.evaluate:
         print('Evaluate only')
-        test(model, queryloader, galleryloader, device, args)
+        if not targets:
+            raise UsageError('--evaluate: none of the datasets has a query/gallery split to evaluate on')
+        test_targets(model, targets, device, args)
         print(f'Finished. Total elapsed time (h:m:s): {datetime.timedelta(seconds=round(time.time() - start_time))}')
         return
 
@@ -299,15 +356,17 @@ def run(args, *, video, loss, build_criterion):
             train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, trainloader, device, args)
             scheduler.step()
             if (args.eval_step > 0 and (epoch + 1) % args.eval_step == 0) or epoch + 1 == args.max_epoch:
-                print('==> Test')
-                rank1, mAP = test(model, queryloader, galleryloader, device, args)
-                is_best = rank1 > best_rank1
+                rank1 = mAP = None
+                if targets:
+                    print('==> Test')
+                    rank1, mAP = test_targets(model, targets, device, args)
+                is_best = rank1 is not None and rank1 > best_rank1
                 if is_best:
                     best_rank1, best_epoch = rank1, epoch + 1
                 last_checkpoint = os.path.join(args.save_dir, f'checkpoint_ep{epoch + 1}.pth.tar')
                 state = {
                     'state_dict': unwrap(model).state_dict(), 'epoch': epoch + 1, 'arch': args.arch,
-                    'model': options.model_config(args, video), 'rank1': float(rank1), 'mAP': float(mAP),
+                    'model': options.model_config(args, video), 'rank1': rank1, 'mAP': mAP,
                     'best_rank1': float(best_rank1), 'best_epoch': best_epoch,
                     'optimizer': optimizer.state_dict(), 'rng': utils.rng_state(), 'args': vars(args),
                 }
@@ -320,5 +379,6 @@ def run(args, *, video, loss, build_criterion):
         print(f'\nInterrupted. Last checkpoint: {last_checkpoint or "none written yet"}')
         sys.exit(130)
 
-    print(f'==> Best Rank-1 {best_rank1:.1%}, achieved at epoch {best_epoch}')
+    if best_epoch:
+        print(f'==> Best Rank-1 {best_rank1:.1%}, achieved at epoch {best_epoch}')
     print(f'Finished. Total elapsed time (h:m:s): {datetime.timedelta(seconds=round(time.time() - start_time))}')

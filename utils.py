@@ -1,17 +1,19 @@
 """Small helpers the training scripts share: logging, meters, checkpoints, RNG state."""
 import contextlib
+import datetime
 import os
 import pickle
 import random
 import shutil
 import sys
 import tempfile
+import time
 import zipfile
 
 import numpy as np
 import torch
 
-__all__ = ['AverageMeter', 'tee_stdout', 'set_seed', 'rng_state', 'set_rng_state', 'CheckpointError',
+__all__ = ['AverageMeter', 'Progress', 'tee_stdout', 'set_seed', 'rng_state', 'set_rng_state', 'CheckpointError',
            'save_checkpoint', 'copy_file_atomic', 'load_checkpoint', 'load_model_weights']
 
 
@@ -27,6 +29,26 @@ class AverageMeter:
         self.sum += val * n
         self.count += n
         self.avg = self.sum / self.count
+
+
+class Progress:
+    """Rate and time left of a loop over `total` items (images, batches...)."""
+
+    def __init__(self, total):
+        self.total, self.done, self.start = total, 0, time.time()
+
+    def update(self, n):
+        self.done += n
+
+    @property
+    def rate(self):
+        """Items per second so far."""
+        return self.done / max(time.time() - self.start, 1e-9)
+
+    def eta(self, remaining=None):
+        """Time left for `remaining` items (default: the rest of this loop), as h:mm:ss."""
+        remaining = self.total - self.done if remaining is None else remaining
+        return str(datetime.timedelta(seconds=round(remaining / max(self.rate, 1e-9))))
 
 
 class _Tee:
