@@ -1,0 +1,91 @@
+"""Export the test-time network of a checkpoint to ONNX.
+
+    python export_onnx.py --resume log/bot-market1501/best_model.pth.tar --output reid.onnx
+
+Input 'images': (batch, 3, height, width) float32 RGB, scaled to [0, 1] then normalised with the
+ImageNet mean and std (transforms.IMAGENET_MEAN / IMAGENET_STD), resized to the checkpoint's
+input size as the evaluation does. Output 'features': (batch, D), the evaluation's test feature
+(flip averaging, neck feature, and L2 normalisation for a cosine checkpoint, all inside the
+graph): rank by squared Euclidean distance. For a video checkpoint the graph is the per-frame
+network: average (or max, the checkpoint's 'pool') the frame features of a tracklet, then, for a
+cosine checkpoint, L2-normalise the result. The model config is stored in the ONNX metadata
+('reid_config', JSON). The batch axis is dynamic unless --batch N; the opset is the one the
+installed torch exporter chooses.
+"""
+import argparse
+import json
+import sys
+
+import numpy as np
+import onnx
+import torch
+
+import models
+import utils
+from transforms import IMAGENET_MEAN, IMAGENET_STD
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--resume', required=True, metavar='CKPT', help='checkpoint of a training script')
+    parser.add_argument('--output', required=True, metavar='FILE', help='the .onnx file to write')
+    parser.add_argument('--batch', default='dynamic', metavar='dynamic|N',
+                        help='dynamic batch axis, or a fixed batch size N (default: %(default)s)')
+    parser.add_argument('--height', type=int, help="input height (default: the checkpoint's)")
+    parser.add_argument('--width', type=int, help="input width (default: the checkpoint's)")
+    return parser
+
+
+def test_network(checkpoint):
+    """(the test-time network in eval mode on the CPU, model config) of a checkpoint dict."""
+    model, config = models.from_checkpoint(checkpoint, 'cpu')
+    normalize = config['dist_metric'] == 'cosine' and not config['video']  # video: after pooling
+    return models.TestFeatureNet(model, flip=config['flip_test'], normalize=normalize).eval(), config
+
+
+def export(checkpoint, output, batch='dynamic', height=None, width=None):
+    """Write the ONNX file; return (network, example input) for checking it."""
+    net, config = test_network(checkpoint)
+    height, width = height or config['height'], width or config['width']
+    example = torch.randn(2 if batch == 'dynamic' else batch, 3, height, width)
+    dynamic_shapes = {'images': {0: torch.export.Dim('batch')}} if batch == 'dynamic' else None
+    torch.onnx.export(net, (example,), output, input_names=['images'], output_names=['features'],
+                      dynamic_shapes=dynamic_shapes, external_data=False, verbose=False)
+    # Record what a user of the file needs and cannot see in the graph.
+    onnx_model = onnx.load(output)
+    metadata = {'reid_config': json.dumps(config), 'input_mean': json.dumps(IMAGENET_MEAN),
+                'input_std': json.dumps(IMAGENET_STD)}
+    for key, value in metadata.items():
+        onnx_model.metadata_props.add(key=key, value=value)
+    onnx.save(onnx_model, output)
+    return net, example
+
+
+def main():
+    args = get_args_parser().parse_args()
+    if args.batch != 'dynamic':
+        if not args.batch.isdigit() or int(args.batch) < 1:
+            print(f"error: --batch {args.batch}: give 'dynamic' or a positive batch size", file=sys.stderr)
+            sys.exit(1)
+        args.batch = int(args.batch)
+    try:
+        checkpoint = utils.load_checkpoint(args.resume)
+    except utils.CheckpointError as error:
+        print(f'error: {error}', file=sys.stderr)
+        sys.exit(1)
+    net, example = export(checkpoint, args.output, args.batch, args.height, args.width)
+    shape = ('batch' if args.batch == 'dynamic' else args.batch, *example.shape[1:])
+    print(f'Wrote {args.output}: images {shape} -> features ({shape[0]}, {net.model.feat_dim})')
+    try:
+        import onnxruntime
+    except ImportError:
+        return
+    session = onnxruntime.InferenceSession(args.output, providers=['CPUExecutionProvider'])
+    with torch.inference_mode():
+        expected = net(example).numpy()
+    got = session.run(None, {'images': example.numpy()})[0]
+    print(f'onnxruntime check on a random batch: max |onnx - torch| = {np.abs(got - expected).max():.2e}')
+
+
+if __name__ == '__main__':
+    main()
