@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageOps
 
 from dataset_loader import read_image
@@ -73,7 +74,7 @@ def visrank(dist, query_indices, query, gallery, q_pids, g_pids, q_camids, g_cam
                                               for x in (q_pids, g_pids, q_camids, g_camids, ap))
     os.makedirs(save_dir, exist_ok=True)
     strips, paths = [], []
-    for row, q in enumerate(query_indices):
+    for row, q in enumerate(int(q) for q in query_indices):
         order = np.argsort(dist[row], kind='stable')[:topk]
         q_ap = 'no match' if math.isnan(ap[q]) else f'AP {ap[q]:.1%}'
         tiles = [_tile(_display_image(query[q][0]), COLOURS['query'], q_ap)]
@@ -176,4 +177,6 @@ class TrainingLog:
         lr_ax.set(title='learning rate', xlabel='epoch')
         if train and min(r['lr'] for r in train) > 0:
             lr_ax.set_yscale('log')
+        for ax in (loss_ax, eval_ax, lr_ax):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         figure.savefig(f, format='png', dpi=100)
