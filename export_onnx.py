@@ -20,8 +20,8 @@ import numpy as np
 import onnx
 import torch
 
-import models
 import utils
+from feature_extractor import feature_net
 from transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -36,16 +36,9 @@ def get_args_parser():
     return parser
 
 
-def test_network(checkpoint):
-    """(the test-time network in eval mode on the CPU, model config) of a checkpoint dict."""
-    model, config = models.from_checkpoint(checkpoint, 'cpu')
-    normalize = config['dist_metric'] == 'cosine' and not config['video']  # video: after pooling
-    return models.TestFeatureNet(model, flip=config['flip_test'], normalize=normalize).eval(), config
-
-
 def export(checkpoint, output, batch='dynamic', height=None, width=None):
     """Write the ONNX file; return (network, example input) for checking it."""
-    net, config = test_network(checkpoint)
+    net, config = feature_net(checkpoint)
     height, width = height or config['height'], width or config['width']
     example = torch.randn(2 if batch == 'dynamic' else batch, 3, height, width)
     dynamic_shapes = {'images': {0: torch.export.Dim('batch')}} if batch == 'dynamic' else None
@@ -63,14 +56,16 @@ def export(checkpoint, output, batch='dynamic', height=None, width=None):
 
 def main():
     args = get_args_parser().parse_args()
-    if args.batch != 'dynamic':
-        if not args.batch.isdigit() or int(args.batch) < 1:
-            print(f"error: --batch {args.batch}: give 'dynamic' or a positive batch size", file=sys.stderr)
-            sys.exit(1)
-        args.batch = int(args.batch)
     try:
+        if args.batch != 'dynamic':
+            if not args.batch.isdigit() or int(args.batch) < 1:
+                raise ValueError(f"--batch {args.batch}: give 'dynamic' or a positive batch size")
+            args.batch = int(args.batch)
+        for flag, value in (('--height', args.height), ('--width', args.width)):
+            if value is not None and value < 32:
+                raise ValueError(f'{flag} {value}: give at least 32 pixels (the network downsamples 32 times)')
         checkpoint = utils.load_checkpoint(args.resume)
-    except utils.CheckpointError as error:
+    except (ValueError, utils.CheckpointError) as error:
         print(f'error: {error}', file=sys.stderr)
         sys.exit(1)
     net, example = export(checkpoint, args.output, args.batch, args.height, args.width)

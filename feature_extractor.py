@@ -17,7 +17,19 @@ import utils
 from dataset_loader import VideoDataset, read_image
 from transforms import build_transforms
 
-__all__ = ['FeatureExtractor']
+__all__ = ['FeatureExtractor', 'feature_net']
+
+
+def feature_net(checkpoint, device='cpu'):
+    """(the test-time network of a checkpoint dict, in eval mode on `device`, its model config).
+
+    models.TestFeatureNet with the checkpoint's flip test, L2-normalising for the cosine metric;
+    except for video, whose features are normalised only after the frames are pooled, as the
+    evaluation does.
+    """
+    model, config = models.from_checkpoint(checkpoint, device)
+    normalize = config['dist_metric'] == 'cosine' and not config['video']
+    return models.TestFeatureNet(model, flip=config['flip_test'], normalize=normalize).eval(), config
 
 
 class FeatureExtractor:
@@ -38,19 +50,14 @@ class FeatureExtractor:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.amp = amp and self.device.type == 'cuda'
-        self.model, self.config = models.from_checkpoint(checkpoint, self.device)
+        self.net, self.config = feature_net(checkpoint, self.device)
         self.video = self.config['video']
-        self.normalize = self.config['dist_metric'] == 'cosine'
-        # Per image: the model's test feature, flip-averaged; a video feature is normalised
-        # only after the frames are pooled, as the evaluation does.
-        self.net = models.TestFeatureNet(self.model, flip=self.config['flip_test'],
-                                         normalize=self.normalize and not self.video).eval()
         self.transform = build_transforms(self.config['height'], self.config['width'])[1]
         self._sampler = VideoDataset([], self.config['seq_len'], self.config['test_sample'])
 
     @property
     def feat_dim(self):
-        return self.model.feat_dim
+        return self.net.model.feat_dim
 
     def select_frames(self, tracklet):
         """The frames of a tracklet that its feature uses: seq_len evenly spaced ones (repeating
@@ -100,6 +107,6 @@ class FeatureExtractor:
         frame_features = self._forward(torch.stack(images))
         features = torch.cat([models.temporal_pool(part[None], self.config['pool'])
                               for part in frame_features.split([len(tracklet) for tracklet in frames])])
-        if self.normalize:
+        if self.config['dist_metric'] == 'cosine':
             features = F.normalize(features, dim=1)
         return features.cpu().numpy()

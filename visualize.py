@@ -12,9 +12,10 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageOps
 
 from dataset_loader import read_image
+from eval_metrics import NoValidQueryError, evaluate
 from utils import _write_atomic as write_atomic  # temp file + fsync + os.replace
 
-__all__ = ['visrank', 'TrainingLog', 'TILE_SIZE', 'BORDER', 'COLOURS']
+__all__ = ['visrank', 'query_ap', 'TrainingLog', 'TILE_SIZE', 'BORDER', 'COLOURS']
 
 TILE_SIZE = (64, 128)   # (width, height) of each image in a ranked list
 BORDER = 4              # frame width in pixels
@@ -72,9 +73,13 @@ def visrank(dist, query_indices, query, gallery, q_pids, g_pids, q_camids, g_cam
     dist = dist.detach().cpu().numpy() if torch.is_tensor(dist) else np.asarray(dist)
     q_pids, g_pids, q_camids, g_camids, ap = (np.asarray(x.cpu() if torch.is_tensor(x) else x)
                                               for x in (q_pids, g_pids, q_camids, g_camids, ap))
+    query_indices = [int(q) for q in query_indices]
     os.makedirs(save_dir, exist_ok=True)
-    strips, paths = [], []
-    for row, q in enumerate(int(q) for q in query_indices):
+    # Worst AP first, NaN (no valid match) last, ties by query index. Only these strips are
+    # kept in memory for the index.
+    in_index = sorted(query_indices, key=lambda q: (np.nan_to_num(ap[q], nan=np.inf), q))[:INDEX_ROWS]
+    index_strips, paths = {}, []
+    for row, q in enumerate(query_indices):
         order = np.argsort(dist[row], kind='stable')[:topk]
         q_ap = 'no match' if math.isnan(ap[q]) else f'AP {ap[q]:.1%}'
         tiles = [_tile(_display_image(query[q][0]), COLOURS['query'], q_ap)]
@@ -85,19 +90,36 @@ def visrank(dist, query_indices, query, gallery, q_pids, g_pids, q_camids, g_cam
         strip = _strip(tiles)
         path = os.path.join(save_dir, f'query{q:05d}_pid{q_pids[q]}_cam{q_camids[q]}.png')
         write_atomic(path, lambda f: strip.save(f, format='PNG'))
-        strips.append((ap[q], q, strip))
         paths.append(path)
+        if q in in_index:
+            index_strips[q] = strip
 
-    # Worst AP first, NaN (no valid match) last, ties by query index.
-    worst = sorted(strips, key=lambda s: (math.isnan(s[0]), s[0] if not math.isnan(s[0]) else 0, s[1]))[:INDEX_ROWS]
-    if worst:
-        index = Image.new('RGB', (max(s.width for _, _, s in worst), sum(s.height + BORDER for _, _, s in worst)), 'white')
-        for i, (_, _, strip) in enumerate(worst):
-            index.paste(strip, (0, i * (strip.height + BORDER)))
+    if index_strips:
+        strips = [index_strips[q] for q in in_index]
+        index = Image.new('RGB', (max(s.width for s in strips), sum(s.height + BORDER for s in strips)), 'white')
+        top = 0
+        for strip in strips:
+            index.paste(strip, (0, top))
+            top += strip.height + BORDER
         path = os.path.join(save_dir, 'index.png')
         write_atomic(path, lambda f: index.save(f, format='PNG'))
         paths.append(path)
     return paths
+
+
+def query_ap(dist, q_pids, g_pids, q_camids, g_camids):
+    """(num_rows,) float64 AP of each row of a (num_rows, num_gallery) distance matrix, given
+    the rows' q_pids, q_camids (num_rows,) and g_pids, g_camids (num_gallery,), as the
+    evaluator computes it (same-pid same-camera entries removed, stable ranking); NaN for a
+    query without a valid match. One evaluator call per row: meant for the queries of visrank."""
+    ap = np.full(len(dist), np.nan)
+    for row in range(len(dist)):
+        try:
+            ap[row] = evaluate(dist[row:row + 1], q_pids[row:row + 1], g_pids, q_camids[row:row + 1], g_camids,
+                               verbose=False).mAP
+        except NoValidQueryError:
+            pass  # no valid match: stays NaN
+    return ap
 
 
 class TrainingLog:
@@ -119,8 +141,12 @@ class TrainingLog:
         self.records = []
         if os.path.exists(self.metrics_path):
             with open(self.metrics_path) as f:
-                self.records = [json.loads(line) for line in f if line.strip()]
-        self.resumed = False
+                lines = f.read().splitlines()
+            cut_short = bool(lines) and not lines[-1].endswith('}')  # a run killed while appending
+            self.records = [json.loads(line) for line in lines[:-1 if cut_short else None] if line]
+            if cut_short:
+                write_atomic(self.metrics_path, self._write_all)
+        self.started = False
         self.writer = None
         if tensorboard:
             try:
@@ -132,8 +158,8 @@ class TrainingLog:
                 self.writer = SummaryWriter(os.path.join(save_dir, 'tensorboard'))
 
     def epoch(self, epoch, loss, lr, images_per_s=None):
-        if not self.resumed:
-            self.resumed = True
+        if not self.started:
+            self.started = True
             kept = [r for r in self.records if r['epoch'] < epoch]
             if len(kept) < len(self.records):
                 self.records = kept

@@ -14,7 +14,6 @@ from PIL import Image
 
 import data_manager
 import engine
-import export_onnx
 import extract_features
 import models
 import synthetic_data
@@ -22,7 +21,7 @@ import train_img_model_xent
 from conftest import FAST, run_script
 from dataset_loader import ImageDataset, VideoDataset
 from eval_metrics import evaluate_features, squared_euclidean
-from feature_extractor import FeatureExtractor
+from feature_extractor import FeatureExtractor, feature_net
 from transforms import build_transforms
 
 # The BoT test feature: BNNeck, feature after it, flip averaging, cosine metric.
@@ -227,7 +226,7 @@ def test_onnx_matches_pytorch(onnx_path, checkpoint, dataset, command_features):
     session = onnxruntime.InferenceSession(str(onnx_path), providers=['CPUExecutionProvider'])
     metadata = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
     assert '"dist_metric": "cosine"' in metadata['reid_config']
-    net, _ = export_onnx.test_network(torch.load(checkpoint, weights_only=True))
+    net, _ = feature_net(torch.load(checkpoint, weights_only=True))
     for batch in (1, 5):  # the batch axis is dynamic
         images = torch.randn(batch, 3, 64, 32)
         with torch.no_grad():
@@ -256,5 +255,5 @@ def test_onnx_matches_pytorch(onnx_path, checkpoint, dataset, command_features):
 def test_onnx_video_graph_is_per_frame(tmp_path):
     """A video checkpoint exports the per-frame network: normalisation comes after pooling."""
     model = models.init_model('resnet50', 4, pretrained=False, neck='bnneck')
-    net, _ = export_onnx.test_network({'state_dict': model.state_dict(), 'model': dict(CONFIG, video=True)})
+    net, _ = feature_net({'state_dict': model.state_dict(), 'model': dict(CONFIG, video=True)})
     assert net.flip and not net.normalize

@@ -7,8 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from eval_metrics import evaluate
-from visualize import BORDER, COLOURS, GAP, LABEL_HEIGHT, TILE_SIZE, TrainingLog, visrank
+from visualize import BORDER, COLOURS, GAP, LABEL_HEIGHT, TILE_SIZE, TrainingLog, query_ap, visrank
 
 TILE_W, TILE_H = TILE_SIZE
 STRIP_H = TILE_H + 2 * BORDER + LABEL_HEIGHT
@@ -51,9 +50,8 @@ def test_visrank_frames_order_and_index(items, tmp_path):
     g_pids, g_camids = np.array([p for p, _ in GALLERY]), np.array([c for _, c in GALLERY])
     # AP as the evaluator computes it: query 0 has matches at valid ranks 1 and 5 (the grey
     # entry does not count): (1/1 + 2/5) / 2; query 1 its only one at rank 6.
-    ap = np.array([evaluate(DIST[i:i + 1], q_pids[i:i + 1], g_pids, q_camids[i:i + 1], g_camids, verbose=False).mAP
-                   for i in range(2)] + [math.nan])
-    assert ap[:2] == pytest.approx([0.7, 1 / 6])
+    ap = query_ap(DIST, q_pids, g_pids, q_camids, g_camids)
+    assert ap[:2] == pytest.approx([0.7, 1 / 6]) and math.isnan(ap[2])
     paths = visrank(torch.from_numpy(DIST), [0, 1, 2], query, gallery, q_pids, g_pids, q_camids, g_camids, ap,
                     tmp_path / 'visrank', topk=5)
     assert [p.rsplit('/', 1)[1] for p in paths] == ['query00000_pid1_cam0.png', 'query00001_pid2_cam0.png',
@@ -100,7 +98,10 @@ def test_training_log_writes_updates_and_resumes(tmp_path):
     assert picture != first_picture and Image.open(tmp_path / 'curves.png').size == (1200, 360)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['curves.png', 'metrics.jsonl']  # no temp files left
 
-    # Resumed from the epoch-2 checkpoint: epoch 3 of the interrupted run is replaced.
+    # Resumed from the epoch-2 checkpoint: epoch 3 of the interrupted run is replaced, and a
+    # line it was killed while writing is dropped.
+    with open(tmp_path / 'metrics.jsonl', 'a') as f:
+        f.write('{"epoch": 4, "lo')
     resumed = TrainingLog(tmp_path)
     resumed.epoch(3, 1.1, 1e-4)
     assert records(tmp_path / 'metrics.jsonl') == [
