@@ -201,6 +201,32 @@ def test_command_formats_list_and_bad_images(root, checkpoint, command_features,
     assert (tmp_path / 'out' / 'q.txt').read_text().splitlines() == paths
 
 
+def test_command_video_tracklets(tmp_path, monkeypatch, capsys):
+    """A video checkpoint: one tracklet per folder, or per line of a list file, pooled as the API pools."""
+    config = dict(CONFIG, video=True, seq_len=3, flip_test=False)
+    checkpoint = save_checkpoint(tmp_path / 'video.pth.tar', config, torch.randn(4, 3, 64, 32))
+    rng = np.random.default_rng(1)
+    tracklets = []
+    for name, length in (('a', 4), ('b', 2)):
+        (tmp_path / 'tracks' / name).mkdir(parents=True)
+        tracklets.append([str(tmp_path / 'tracks' / name / f'{i}.jpg') for i in range(length)])
+        for frame in tracklets[-1]:
+            Image.fromarray(rng.integers(0, 256, (60, 30, 3), dtype=np.uint8)).save(frame)
+    expected = FeatureExtractor(checkpoint)(tracklets)
+
+    status, out, _ = run_command(monkeypatch, capsys, '--resume', checkpoint, '--input', tmp_path / 'tracks',
+                                 '--output', tmp_path / 'f.npz')
+    assert status == 0 and 'Extracted 2/2 tracklets' in out
+    with np.load(tmp_path / 'f.npz') as data:
+        assert list(data['paths']) == [str(tmp_path / 'tracks' / name) for name in 'ab']
+        np.testing.assert_allclose(data['features'], expected, atol=1e-5)
+    (tmp_path / 'list.txt').write_text(''.join(' '.join(frames) + '\n' for frames in tracklets[::-1]))
+    status, _, _ = run_command(monkeypatch, capsys, '--resume', checkpoint, '--input', tmp_path / 'list.txt',
+                               '--output', tmp_path / 'f.npy')
+    assert status == 0
+    np.testing.assert_allclose(np.load(tmp_path / 'f.npy'), expected[::-1], atol=1e-5)
+
+
 @pytest.mark.parametrize('args, message', [
     (['--input', 'nowhere'], 'error: --input nowhere: no such folder or file'),
     (['--output', 'f.csv'], 'error: --output f.csv: use a .npz, .h5 or .npy file name'),
