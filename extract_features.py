@@ -119,13 +119,19 @@ def extract(args):
     features, kept, skipped = [], [], []
     start = last_print = time.time()
     with ThreadPoolExecutor(max(1, args.workers)) as pool:
+        def submit(first):
+            return [pool.submit(load, item) for item in items[first:first + per_chunk]]
+
+        futures = submit(0)
         for first in range(0, len(items), per_chunk):
-            loaded = list(pool.map(load, items[first:first + per_chunk]))
-            good = [i for i, x in enumerate(loaded, first) if not isinstance(x, ImageReadError)]
-            skipped += [(names[i], x) for i, x in enumerate(loaded, first) if isinstance(x, ImageReadError)]
+            loaded = zip(names[first:first + per_chunk], [future.result() for future in futures])
+            futures = submit(first + per_chunk)  # read the next chunk while this one is computed
+            good = []
+            for name, x in loaded:
+                (skipped if isinstance(x, ImageReadError) else good).append((name, x))
             if good:
-                features.append(extractor([loaded[i - first] for i in good]))
-                kept += [names[i] for i in good]
+                features.append(extractor([x for _, x in good]))
+                kept += [name for name, _ in good]
             done = min(first + per_chunk, len(items))
             if time.time() - last_print >= 5 or done == len(items):
                 rate = done / (time.time() - start)
@@ -144,7 +150,10 @@ def extract(args):
 
 
 def main():
-    args = get_args_parser().parse_args()
+    parser = get_args_parser()
+    args = parser.parse_args()
+    if args.batch_size < 1:
+        parser.error(f'--batch-size must be positive, got {args.batch_size}')
     try:
         extract(args)
     except (InputError, ImageReadError, utils.CheckpointError) as error:
