@@ -130,7 +130,7 @@ class TrainingLog:
     history: loss per epoch, Rank-1 and mAP at evaluation epochs, learning rate. Epochs are the
     1-based numbers the scripts print. A resumed run appends to the same files: the first
     epoch() call drops any record of that epoch or later (written by the interrupted run after
-    its last checkpoint). tensorboard=True also writes TensorBoard event files under
+    its last checkpoint; a new run from epoch 1 in the same save_dir thus starts afresh). tensorboard=True also writes TensorBoard event files under
     <save_dir>/tensorboard when the package is installed (a note says so when it is not).
     """
 
@@ -176,6 +176,7 @@ class TrainingLog:
         f.write(''.join(json.dumps(r) + '\n' for r in self.records).encode())
 
     def _add(self, record):
+        record = {k: v.item() if hasattr(v, 'item') else v for k, v in record.items()}  # numpy/torch scalars
         self.records.append(record)
         with open(self.metrics_path, 'a') as f:
             f.write(json.dumps(record) + '\n')

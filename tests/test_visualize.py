@@ -87,12 +87,12 @@ def test_training_log_writes_updates_and_resumes(tmp_path):
     log.epoch(1, 2.0, 1e-3, images_per_s=50.0)
     first_picture = (tmp_path / 'curves.png').read_bytes()
     log.epoch(2, 1.5, 1e-3)
-    log.evaluation(2, 0.4, 0.25, mINP=0.1)
+    log.evaluation(2, np.float64(0.4), torch.tensor(0.25, dtype=torch.float64), mINP=np.float32(0.125))
     log.epoch(3, 1.2, 1e-4)
     log.evaluation(3, 0.5, 0.3)
     assert records(tmp_path / 'metrics.jsonl') == [
         {'epoch': 1, 'loss': 2.0, 'lr': 1e-3, 'images_per_s': 50.0}, {'epoch': 2, 'loss': 1.5, 'lr': 1e-3},
-        {'epoch': 2, 'rank1': 0.4, 'mAP': 0.25, 'mINP': 0.1}, {'epoch': 3, 'loss': 1.2, 'lr': 1e-4},
+        {'epoch': 2, 'rank1': 0.4, 'mAP': 0.25, 'mINP': 0.125}, {'epoch': 3, 'loss': 1.2, 'lr': 1e-4},
         {'epoch': 3, 'rank1': 0.5, 'mAP': 0.3}]
     picture = (tmp_path / 'curves.png').read_bytes()
     assert picture != first_picture and Image.open(tmp_path / 'curves.png').size == (1200, 360)
@@ -106,7 +106,7 @@ def test_training_log_writes_updates_and_resumes(tmp_path):
     resumed.epoch(3, 1.1, 1e-4)
     assert records(tmp_path / 'metrics.jsonl') == [
         {'epoch': 1, 'loss': 2.0, 'lr': 1e-3, 'images_per_s': 50.0}, {'epoch': 2, 'loss': 1.5, 'lr': 1e-3},
-        {'epoch': 2, 'rank1': 0.4, 'mAP': 0.25, 'mINP': 0.1}, {'epoch': 3, 'loss': 1.1, 'lr': 1e-4}]
+        {'epoch': 2, 'rank1': 0.4, 'mAP': 0.25, 'mINP': 0.125}, {'epoch': 3, 'loss': 1.1, 'lr': 1e-4}]
     assert (tmp_path / 'curves.png').read_bytes() != picture
 
 
