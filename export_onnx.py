@@ -37,7 +37,7 @@ def get_args_parser():
 
 
 def export(checkpoint, output, batch='dynamic', height=None, width=None):
-    """Write the ONNX file; return (network, example input) for checking it."""
+    """Write the ONNX file; return (network, its model config, example input) for checking it."""
     net, config = feature_net(checkpoint)
     height, width = height or config['height'], width or config['width']
     example = torch.randn(2 if batch == 'dynamic' else batch, 3, height, width)
@@ -51,7 +51,7 @@ def export(checkpoint, output, batch='dynamic', height=None, width=None):
     for key, value in metadata.items():
         onnx_model.metadata_props.add(key=key, value=value)
     onnx.save(onnx_model, output)
-    return net, example
+    return net, config, example
 
 
 def main():
@@ -62,15 +62,18 @@ def main():
                 raise ValueError(f"--batch {args.batch}: give 'dynamic' or a positive batch size")
             args.batch = int(args.batch)
         for flag, value in (('--height', args.height), ('--width', args.width)):
-            if value is not None and value < 32:
-                raise ValueError(f'{flag} {value}: give at least 32 pixels (the network downsamples 32 times)')
+            if value is not None and value < 1:
+                raise ValueError(f'{flag} {value}: give a positive number of pixels')
         checkpoint = utils.load_checkpoint(args.resume)
     except (ValueError, utils.CheckpointError) as error:
         print(f'error: {error}', file=sys.stderr)
         sys.exit(1)
-    net, example = export(checkpoint, args.output, args.batch, args.height, args.width)
+    net, config, example = export(checkpoint, args.output, args.batch, args.height, args.width)
     shape = ('batch' if args.batch == 'dynamic' else args.batch, *example.shape[1:])
     print(f'Wrote {args.output}: images {shape} -> features ({shape[0]}, {net.model.feat_dim})')
+    if config['video']:
+        print(f"Video checkpoint: these are per-frame features; pool a tracklet's frames ({config['pool']})"
+              + (', then L2-normalise' if config['dist_metric'] == 'cosine' else ''))
     try:
         import onnxruntime
     except ImportError:

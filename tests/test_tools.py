@@ -14,6 +14,7 @@ from PIL import Image
 
 import data_manager
 import engine
+import export_onnx
 import extract_features
 import models
 import synthetic_data
@@ -276,6 +277,18 @@ def test_onnx_matches_pytorch(onnx_path, checkpoint, dataset, command_features):
     ours, theirs = (evaluate_features(q, g, q_pids, g_pids, q_camids, g_camids) for q, g in ((q_onnx, g_onnx), (qf, gf)))
     np.testing.assert_array_equal(ours.cmc, theirs.cmc)
     assert ours.mAP == theirs.mAP
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--batch', '0'], "error: --batch 0: give 'dynamic' or a positive batch size"),
+    (['--height', '0'], 'error: --height 0: give a positive number of pixels'),
+    (['--resume', 'missing.pth.tar'], 'error: checkpoint missing.pth.tar does not exist'),
+])
+def test_export_errors(checkpoint, tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.setattr(sys, 'argv', ['export_onnx.py', '--resume', str(checkpoint), '--output', str(tmp_path / 'm.onnx'), *args])
+    with pytest.raises(SystemExit) as exit_info:
+        export_onnx.main()
+    assert exit_info.value.code == 1 and capsys.readouterr().err.strip() == message
 
 
 def test_onnx_video_graph_is_per_frame(tmp_path):
