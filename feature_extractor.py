@@ -53,6 +53,7 @@ class FeatureExtractor:
         self.net, self.config = feature_net(checkpoint, self.device)
         self.video = self.config['video']
         self.transform = build_transforms(self.config['height'], self.config['width'])[1]
+        # The frame selection of testing: VideoDataset.frame_indices with the checkpoint's settings.
         self._sampler = VideoDataset([], self.config['seq_len'], self.config['test_sample'])
 
     @property
