@@ -19,8 +19,10 @@ import options
 import rerank
 import solver
 import utils
+import visualize
 from dataset_loader import ImageDataset, ImageReadError, VideoDataset, frames_of
-from eval_metrics import NoValidQueryError, evaluate_blocks, evaluate_features
+from eval_metrics import (NoValidQueryError, evaluate_blocks, evaluate_features, format_verification,
+                          pairwise_distance)
 from samplers import RandomIdentitySampler
 from transforms import build_transforms
 
@@ -166,7 +168,7 @@ def train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, trainl
             print(f'Batch {batch_idx + 1}/{len(trainloader)}\t Loss {losses.val:.6f} ({losses.avg:.6f})\t '
                   f'{progress.rate:.1f} img/s, ETA epoch {progress.eta()}, run {progress.eta(run_left)}')
     print(f'Epoch {epoch + 1} done: loss {losses.avg:.6f}, {progress.rate:.1f} samples/s')
-    return losses.avg
+    return losses.avg, progress.rate
 
 
 @torch.inference_mode()
@@ -202,25 +204,32 @@ def extract_features(model, loader, device, flip=False, pool='avg', chunk=64, sp
     return torch.cat(features).float(), torch.cat(pids), torch.cat(camids)
 
 
-def test(model, queryloader, galleryloader, device, args):
-    """Extract features, rank the gallery for every query by --dist-metric, print mAP and CMC
-    (and, with --rerank, again after re-ranking); return (rank1, mAP) without re-ranking."""
+def test(model, target, device, args, visrank_dir):
+    """Extract features, rank the gallery for every query by --dist-metric, print mAP, CMC and
+    the verification figures (and, with --rerank, again after re-ranking); with --visrank, write
+    the ranked-list pictures to visrank_dir. Returns (rank1, mAP) without re-ranking."""
     pool, chunk = getattr(args, 'pool', 'avg'), getattr(args, 'test_chunk', 64)
     start = time.time()
-    qf, q_pids, q_camids = extract_features(model, queryloader, device, args.flip_test, pool, chunk, 'query')
+    qf, q_pids, q_camids = extract_features(model, target.queryloader, device, args.flip_test, pool, chunk, 'query')
     print(f'Extracted features for query set, obtained {qf.shape[0]}-by-{qf.shape[1]} matrix')
-    gf, g_pids, g_camids = extract_features(model, galleryloader, device, args.flip_test, pool, chunk, 'gallery')
+    gf, g_pids, g_camids = extract_features(model, target.galleryloader, device, args.flip_test, pool, chunk, 'gallery')
     print(f'Extracted features for gallery set, obtained {gf.shape[0]}-by-{gf.shape[1]} matrix')
     print(f'==> Feature extraction: {time.time() - start:.1f} s')
     print(f'Computing distance matrix ({args.dist_metric})')
     print('Computing CMC and mAP')
     # Distances are computed and ranked block by block (eval_metrics).
-    if args.dist_metric == 'cosine':  # squared distances of unit vectors rank as cosine distances
-        qf, gf = torch.nn.functional.normalize(qf, dim=1), torch.nn.functional.normalize(gf, dim=1)
-    result = evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids)
+    result = evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric=args.dist_metric)
     print_results(result)
+    if args.visrank:
+        num = min(args.visrank_queries or len(qf), len(qf))
+        dist = pairwise_distance(qf[:num], gf, args.dist_metric).cpu()
+        written = visualize.visrank(dist, range(num), target.dataset.query, target.dataset.gallery, q_pids, g_pids,
+                                    q_camids, g_camids, result.ap, visrank_dir, topk=args.visrank)
+        print(f'Ranked lists of {num} queries written to {visrank_dir} (worst AP first: {os.path.basename(written[-1])})')
     if args.rerank:
         print(f'Applying k-reciprocal re-ranking (k1={args.k1}, k2={args.k2}, lambda={args.lambda_value})')
+        if args.dist_metric == 'cosine':  # squared distances of unit vectors rank as cosine distances
+            qf, gf = torch.nn.functional.normalize(qf, dim=1), torch.nn.functional.normalize(gf, dim=1)
         blocks = rerank.re_ranking_features(qf, gf, args.k1, args.k2, args.lambda_value, stream=True)
         print_results(evaluate_blocks(blocks, q_pids, g_pids, q_camids, g_camids, verbose=False),
                       title='Results with re-ranking')
@@ -232,9 +241,11 @@ def test_targets(model, targets, device, args):
     (rank1, mAP), which picks the best model."""
     results = []
     for target in targets:
+        name = target.dataset.name
         if len(targets) > 1:
-            print(f'==> Target {target.dataset.name}')
-        results.append(test(model, target.queryloader, target.galleryloader, device, args))
+            print(f'==> Target {name}')
+        visrank_dir = os.path.join(args.save_dir, 'visrank' if len(targets) == 1 else f'visrank_{name}')
+        results.append(test(model, target, device, args, visrank_dir))
     return results[0]
 
 
@@ -246,6 +257,8 @@ def print_results(result, title='Results'):
     for r in RANKS:
         if r <= len(result.cmc):
             print(f'Rank-{r:<3}: {result.cmc[r - 1]:.1%}')
+    for line in format_verification(result):
+        print(line)
     print('------------------')
 
 
@@ -349,17 +362,21 @@ def run(args, *, video, loss, build_criterion):
         return
 
     last_checkpoint = args.resume or None
+    training_log = visualize.TrainingLog(args.save_dir, tensorboard=args.tensorboard)
     print('==> Start training')
     try:
         for epoch in range(start_epoch, args.max_epoch):
             print(f'==> Epoch {epoch + 1}/{args.max_epoch}  (lr {scheduler.get_last_lr()[0]:.2e})')
-            train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, trainloader, device, args)
+            lr = scheduler.get_last_lr()[0]
+            loss, rate = train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, trainloader, device, args)
+            training_log.epoch(epoch + 1, loss, lr, images_per_s=rate)
             scheduler.step()
             if (args.eval_step > 0 and (epoch + 1) % args.eval_step == 0) or epoch + 1 == args.max_epoch:
                 rank1 = mAP = None
                 if targets:
                     print('==> Test')
                     rank1, mAP = test_targets(model, targets, device, args)
+                    training_log.evaluation(epoch + 1, rank1, mAP)
                 is_best = rank1 is not None and rank1 > best_rank1
                 if is_best:
                     best_rank1, best_epoch = rank1, epoch + 1

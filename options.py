@@ -145,8 +145,8 @@ def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False
     data.add_argument('--height', type=int, help='image height (default: 256, or the checkpoint\'s)')
     data.add_argument('--width', type=int, help='image width (default: 128, or the checkpoint\'s)')
     data.add_argument('--augment', default='translate', choices=AUGMENTATIONS,
-                      help='translate: Random2DTranslation + flip (classic); pad-crop: flip, pad 10, random '
-                           'crop (BoT) (default: %(default)s)')
+                      help='translate: Random2DTranslation + flip (classic); pad-crop: flip, pad 10 (at 256x128, '
+                           'scaled with the size), random crop (BoT) (default: %(default)s)')
     data.add_argument('--random-erasing', type=float, default=0.0, metavar='P',
                       help='random erasing probability, 0 disables (default: %(default)s)')
 
@@ -224,6 +224,14 @@ def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False
     misc.add_argument('--use-cpu', action='store_true', help='run on the CPU even if CUDA is available')
     misc.add_argument('--gpu-devices', default='0', type=str, help='CUDA_VISIBLE_DEVICES, e.g. 0,1,2,3')
     misc.add_argument('--amp', action='store_true', help='bfloat16 autocast on CUDA (faster; ignored on CPU)')
+    misc.add_argument('--tensorboard', action='store_true',
+                      help='also write TensorBoard event files to <save-dir>/tensorboard (needs the tensorboard package)')
+
+    pictures = parser.add_argument_group('pictures of ranked results')
+    pictures.add_argument('--visrank', type=int, default=0, metavar='K',
+                          help='at each evaluation, write a PNG of the top K gallery entries per query to '
+                               '<save-dir>/visrank[_<dataset>]/, and index.png with the worst queries first')
+    pictures.add_argument('--visrank-queries', type=int, metavar='N', help='with --visrank: the first N queries only')
 
     reranking = parser.add_argument_group('k-reciprocal re-ranking (Zhong et al., CVPR 2017)')
     reranking.add_argument('--rerank', action='store_true', help='also report results after re-ranking')
