@@ -34,13 +34,24 @@ import numpy as np
 import torch
 
 __all__ = ['ReIDMetrics', 'NoValidQueryError', 'evaluate', 'evaluate_blocks', 'evaluate_features',
-           'squared_euclidean', 'default_block_size']
+           'format_verification', 'pairwise_distance', 'squared_euclidean', 'default_block_size',
+           'VERIFICATION_FPRS', 'METRICS']
+
+VERIFICATION_FPRS = (1e-4, 1e-3, 1e-2)
+METRICS = ('euclidean', 'cosine')
 
 class ReIDMetrics(NamedTuple):
     cmc: np.ndarray      # (max_rank,) first-hit curve, cmc[0] is rank-1
     mAP: float
     mINP: float
     num_valid: int       # queries that had at least one true match
+    # ((fpr, tpr, threshold), ...) over all (query, gallery) pairs but junk: 'same person'
+    # means distance <= threshold. threshold is the largest float32 below the
+    # (floor(fpr * num_negatives) + 1)-th smallest negative distance, so the negatives accepted
+    # are at most fpr of all (fewer when several negatives tie there: all of those are
+    # rejected), and tpr is the fraction of true-match pairs accepted. Empty when not asked for
+    # or when there is no negative pair.
+    verification: tuple = ()
 
 
 class NoValidQueryError(ValueError):
@@ -55,6 +66,17 @@ def squared_euclidean(qf, gf):
     q_sq = qf.pow(2).sum(dim=1, keepdim=True)
     g_sq = gf.pow(2).sum(dim=1)
     return torch.addmm(q_sq + g_sq, qf, gf.t(), alpha=-2).clamp_(min=0)
+
+
+def pairwise_distance(qf, gf, metric='euclidean'):
+    """(M, D), (N, D) features -> (M, N) distances: 'euclidean' is the squared Euclidean
+    distance, 'cosine' is 1 - <q / |q|, g / |g|> (in [0, 2]; a zero feature is at distance 1
+    from everything)."""
+    if metric == 'euclidean':
+        return squared_euclidean(qf, gf)
+    if metric == 'cosine':
+        return 1 - torch.nn.functional.normalize(qf, dim=1) @ torch.nn.functional.normalize(gf, dim=1).t()
+    raise ValueError(f"unknown distance metric {metric!r}; use one of {', '.join(METRICS)}")
 
 
 def default_block_size(num_gallery, elements=1 << 20):
@@ -85,11 +107,19 @@ class _GalleryIndex:
         self.pids, self.counts = torch.unique_consecutive(g_pids[self.order], return_counts=True)
         self.starts = torch.cumsum(self.counts, 0) - self.counts
 
+    def _groups(self, q_pids):
+        """Each query's pid group and how many gallery entries it has (0 if none)."""
+        group = torch.searchsorted(self.pids, q_pids).clamp(max=len(self.pids) - 1)
+        return group, torch.where(self.pids[group] == q_pids, self.counts[group], 0)
+
+    def num_same_pid(self, q_pids):
+        """Number of (query, gallery) pairs with the same pid: true matches and junk."""
+        return int(self._groups(q_pids)[1].sum())
+
     def same_pid_pairs(self, q_pids, q_camids):
         """(rows, cols) of true matches and (rows, cols) of junk (same pid, same camera),
         rows ascending and cols ascending within a row."""
-        group = torch.searchsorted(self.pids, q_pids).clamp(max=len(self.pids) - 1)
-        counts = torch.where(self.pids[group] == q_pids, self.counts[group], 0)
+        group, counts = self._groups(q_pids)
         rows, offset = segments(counts)
         cols = self.order[self.starts[group][rows] + offset]
         same_cam = self.g_camids[cols] == q_camids[rows]
@@ -97,21 +127,36 @@ class _GalleryIndex:
 
 
 NUM_BUCKETS = 4096
-_INT32_MAX = torch.iinfo(torch.int32).max
-_NEG_INF_KEY = -2139095040  # _ordered_keys of -inf; smaller keys are negative NaNs
+_MAX_SCALE = 1e30  # keeps (distance - lo) * scale finite or +-inf (never NaN) in float32
 
 
-def _ordered_keys(dist):
-    """(B, G) float32 distances -> (B, G) int32 keys with the same order (-0.0 == 0.0), and
-    their (min, max). Non-negative floats already order by their bits: no copy then."""
-    bits = dist.view(torch.int32)
-    key_min, key_max = torch.aminmax(bits)
-    if key_min >= 0:
-        return bits, int(key_min), int(key_max)
-    # Negative floats order backwards by their bits: flip all but the sign bit (+1 maps -0.0 to 0).
-    keys = torch.where(bits < 0, (bits ^ 0x7FFFFFFF) + 1, bits)
-    key_min, key_max = torch.aminmax(keys)
-    return keys, int(key_min), int(key_max)
+class _Scratch:
+    """Scratch tensors reused from block to block: a fresh multi-megabyte tensor per block is
+    page-faulted in (and zeroed by the OS) each time, which costs as much as a pass over it."""
+
+    def __init__(self):
+        self.buffers = {}
+
+    def get(self, name, size, dtype, device):
+        """A (size,) tensor of the given dtype; its contents are left over from earlier use."""
+        buffer = self.buffers.get(name)
+        if buffer is None or len(buffer) < size or buffer.dtype != dtype or buffer.device != device:
+            buffer = self.buffers[name] = torch.empty(size, dtype=dtype, device=device)
+        return buffer[:size]
+
+    def mask(self, size, device):
+        """A bool tensor of length size rounded up to a multiple of 8, False beyond size, for
+        _flat_nonzero (write its first size entries)."""
+        mask = self.get('mask', (size + 7) // 8 * 8, torch.bool, device)
+        mask[size:] = False
+        return mask
+
+
+def _ordered_keys(values):
+    """float32 values -> int64 keys with the same order (-0.0 == 0.0). Non-negative floats
+    order by their bits; negative ones backwards, so all but the sign bit are flipped."""
+    bits = values.view(torch.int32).long()
+    return torch.where(bits < 0, (bits ^ 0x7FFFFFFF) + 1, bits)
 
 
 def _precedes(key_a, index_a, key_b, index_b):
@@ -119,53 +164,70 @@ def _precedes(key_a, index_a, key_b, index_b):
     return (key_a < key_b) | ((key_a == key_b) & (index_a < index_b))
 
 
-def _match_ranks(dist, positives, junk):
+def _buckets(dist, rows, pos_dist, num_buckets, scratch):
+    """(B, G) float32 distances -> (B, G) int32 bucket ids, monotone in the distance within a
+    row and unique over the block: row r uses r * (num_buckets + 2) + [0, num_buckets + 1].
+
+    Buckets are linear over the row's range [lo, hi] of finite true-match distances (where
+    matches and the entries between them are dense): lo to hi map to 1..num_buckets, entries
+    below to 0 (or lo's bucket), entries above to num_buckets + 1 (or hi's bucket).
+    Ranking only needs the map to be monotone, so float rounding here cannot change a result.
+    """
+    batch = dist.shape[0]
+    finite = pos_dist.isfinite()
+    rows, pos_dist = rows[finite], pos_dist[finite].double()
+    lo = torch.zeros(batch, dtype=torch.float64, device=dist.device).scatter_reduce_(0, rows, pos_dist, 'amin', include_self=False)
+    hi = torch.zeros(batch, dtype=torch.float64, device=dist.device).scatter_reduce_(0, rows, pos_dist, 'amax', include_self=False)
+    width = hi - lo
+    scale = torch.where(width > 0, (num_buckets - 1) / width, 1.0).clamp(max=_MAX_SCALE)
+    # The passes over the whole block, in place on two reused buffers: (d - lo) * scale (the
+    # subtraction first, so values stay finite or +-inf, never inf - inf), clamp, truncate to
+    # int32, add the row base.
+    work = scratch.get('work', dist.numel(), torch.float32, dist.device).view(dist.shape)
+    torch.sub(dist, lo.float()[:, None], out=work).mul_(scale.float()[:, None]).clamp_(-1, num_buckets)
+    bucket = scratch.get('bucket', dist.numel(), torch.int32, dist.device).view(dist.shape).copy_(work)
+    row_base = (num_buckets + 2) * torch.arange(batch, dtype=torch.int32, device=dist.device) + 1
+    return bucket.add_(row_base[:, None])
+
+
+def _flat_nonzero(padded):
+    """Indices of the True entries of a bool tensor from _Scratch.mask: nonzero runs over
+    64-bit words (8x fewer elements), then only the words with a hit are unpacked."""
+    words = padded.view(torch.int64).nonzero().squeeze(1)
+    index = (words[:, None] * 8 + torch.arange(8, device=padded.device)).view(-1)
+    return index[padded[index]]
+
+
+def _match_ranks(dist, positives, junk, scratch):
     """1-based rank of every true match among the valid entries of its row, ties broken by
-    gallery index. dist: (B, G); positives, junk: (rows, cols). Returns (num_positives,)."""
+    gallery index. dist: (B, G) float32, contiguous, no NaN; positives, junk: (rows, cols).
+    Returns (num_positives,) int64."""
     batch, num_gallery = dist.shape
     device = dist.device
-    keys, key_min, key_max = _ordered_keys(dist.to(torch.float32).contiguous())
-    if key_max > 0x7F800000 or key_min < _NEG_INF_KEY:  # NaN
-        raise ValueError('the distance matrix contains NaN; check the features (e.g. a NaN loss)')
+    flat = dist.view(-1)
+    pos_flat = positives[0] * num_gallery + positives[1]
+    pos_dist = flat[pos_flat]
+    # Buckets per row beyond the gallery size would only make the histogram larger.
+    num_buckets = min(NUM_BUCKETS, num_gallery)
+    bucket = _buckets(dist, positives[0], pos_dist, num_buckets, scratch).view(-1)
+    hist = torch.bincount(bucket, minlength=batch * (num_buckets + 2))
+    in_lower_buckets = hist.view(batch, -1).cumsum(dim=1).view(-1) - hist
 
-    # Buckets span each row's range of true-match keys [lo, hi]: bucket 0 holds entries below
-    # lo's bucket, 1..NUM_BUCKETS the range ((key >> shift) - (lo >> shift) + 1, with a per-row
-    # shift so that hi lands at most in NUM_BUCKETS), NUM_BUCKETS + 1 entries above hi's bucket.
-    # Clamping keys to [lo - 2^shift, hi + 2^shift] first puts far entries in bucket 0 or
-    # NUM_BUCKETS + 1 exactly and keeps the int32 arithmetic from overflowing. Row r's buckets
-    # get the ids r * row_size + bucket, unique over the block. These are the passes over the
-    # whole block, so they stay int32.
-    rows, pos_keys = positives[0], keys[positives]
-    # Rows without a true match keep lo = hi = 0: any bucketing serves them.
-    lo = torch.zeros(batch, dtype=torch.int32, device=device).scatter_reduce_(0, rows, pos_keys, 'amin', include_self=False)
-    hi = torch.zeros(batch, dtype=torch.int32, device=device).scatter_reduce_(0, rows, pos_keys, 'amax', include_self=False)
-    lo, hi = lo.long(), hi.long()
-    shift = (torch.log2((hi - lo).clamp(min=0).double() + 1) - math.log2(NUM_BUCKETS - 1)).ceil().clamp(min=0).long()
-    shift += ((hi >> shift) - (lo >> shift)) > NUM_BUCKETS - 1  # float rounding
-    lower = (lo - (1 << shift)).clamp(min=-_INT32_MAX - 1).int()[:, None]
-    upper = (hi + (1 << shift)).clamp(max=_INT32_MAX).int()[:, None]
-    shift = shift.int()[:, None]
-    row_size = NUM_BUCKETS + 2
-    row_base = row_size * torch.arange(batch, device=device, dtype=torch.int32)
-    bucket = (keys.clamp(lower, upper) >> shift).sub_((lo.int()[:, None] >> shift) - 1 - row_base[:, None])
-    hist = torch.bincount(bucket.view(-1), minlength=batch * row_size).view(batch, row_size)
-    in_lower_buckets = (hist.cumsum(dim=1) - hist).view(-1)
-
-    # The entries that share a bucket with a true match, sorted by (bucket, key, gallery
-    # index): candidates arrive in gallery order and the sort is stable.
-    pos_bucket = bucket[positives].long()
-    hosts_match = torch.zeros(batch * row_size, dtype=torch.bool, device=device)
+    # The entries that share a bucket with a true match (candidates, in gallery order) sorted
+    # by (bucket, key): a stable sort, so equal keys stay in gallery order.
+    pos_bucket = bucket[pos_flat].long()
+    hosts_match = torch.zeros(len(hist), dtype=torch.bool, device=device)
     hosts_match[pos_bucket] = True
-    cand_rows, cand_cols = torch.take(hosts_match, bucket.long()).nonzero(as_tuple=True)
-    cand_sort_key = bucket[cand_rows, cand_cols].long() * (1 << 32) + keys[cand_rows, cand_cols].long() + (1 << 31)
+    is_candidate = scratch.mask(len(bucket), device)
+    torch.index_select(hosts_match, 0, bucket, out=is_candidate[:len(bucket)])
+    cand = _flat_nonzero(is_candidate)
+    cand_sort_key = (bucket[cand].long() << 32) + _ordered_keys(flat[cand]) + (1 << 31)
     order = torch.argsort(cand_sort_key, stable=True)
     sorted_key = cand_sort_key[order]
     bucket_start = torch.searchsorted(sorted_key, (sorted_key >> 32) << 32)
     before_in_bucket = torch.empty_like(order)
     before_in_bucket[order] = torch.arange(len(order), device=device) - bucket_start
-    pos_in_cand = torch.searchsorted(cand_rows * num_gallery + cand_cols,
-                                     positives[0] * num_gallery + positives[1])
-    ranks = 1 + in_lower_buckets[pos_bucket] + before_in_bucket[pos_in_cand]
+    ranks = 1 + in_lower_buckets[pos_bucket] + before_in_bucket[torch.searchsorted(cand, pos_flat)]
 
     # Junk (same pid, same camera) was counted like any entry: take it out again, pairing
     # each junk entry with the true matches of its row (few of each).
@@ -173,16 +235,69 @@ def _match_ranks(dist, positives, junk):
     junk_row_pos = pos_per_row[junk[0]]
     junk_index, slot = segments(junk_row_pos)
     match = (torch.cumsum(pos_per_row, 0) - pos_per_row)[junk[0]][junk_index] + slot
-    ahead = _precedes(keys[junk][junk_index], junk[1][junk_index], keys[positives][match], positives[1][match])
+    junk_keys = _ordered_keys(flat[junk[0] * num_gallery + junk[1]])
+    ahead = _precedes(junk_keys[junk_index], junk[1][junk_index], _ordered_keys(pos_dist)[match], positives[1][match])
     return ranks - torch.bincount(match[ahead], minlength=len(ranks))
 
 
-def _block_stats(dist, q_pids, q_camids, gallery):
-    """Per-query (num_pos, first-hit rank, AP, INP) for one (B, G) block of distances."""
+class _Verification:
+    """TPR at fixed FPRs over every (query, gallery) pair but junk, streamed block by block.
+
+    Holds every true-match distance, and the negative distances up to a running threshold: the
+    keep-th smallest negative so far, keep = floor(max(fprs) * num_negatives) + 1, recomputed
+    whenever more than 2 * keep are held. So the held negatives always include the keep
+    smallest of all seen, and memory stays about 2 * max(fprs) of the negatives (plus a block).
+    """
+
+    def __init__(self, fprs, num_negatives):
+        self.fprs, self.num_negatives = fprs, num_negatives
+        self.keep = math.floor(max(fprs) * num_negatives) + 1
+        self.threshold = math.inf
+        self.negatives, self.num_held, self.positives = [], 0, []
+
+    def add(self, flat, positives, junk, num_gallery, scratch):
+        """flat: (B * num_gallery,) float32 distances of a block; positives, junk: (rows, cols)."""
+        pos_flat = positives[0] * num_gallery + positives[1]
+        self.positives.append(flat[pos_flat])
+        mask = scratch.mask(len(flat), flat.device)
+        torch.le(flat, self.threshold, out=mask[:len(flat)])
+        mask[pos_flat] = False
+        mask[junk[0] * num_gallery + junk[1]] = False
+        self.negatives.append(flat[_flat_nonzero(mask)])
+        self.num_held += len(self.negatives[-1])
+        if self.num_held > 2 * self.keep:
+            held = torch.cat(self.negatives)
+            self.threshold = float(torch.kthvalue(held, self.keep).values)
+            self.negatives = [held[held <= self.threshold]]
+            self.num_held = len(self.negatives[0])
+
+    def result(self):
+        """((fpr, tpr, threshold), ...) for each fpr: see ReIDMetrics.verification."""
+        negatives = torch.cat(self.negatives).sort().values
+        positives = torch.cat(self.positives)
+        out = []
+        for fpr in self.fprs:
+            # The (m + 1)-th smallest negative, m = floor(fpr * num_negatives), is the first
+            # that must be rejected; with ties at it, all of them are.
+            reject = negatives[math.floor(fpr * self.num_negatives)]
+            tpr = int((positives < reject).sum()) / len(positives)
+            threshold = np.nextafter(np.float32(reject.item()), np.float32(-np.inf))
+            out.append((fpr, tpr, float(threshold)))
+        return tuple(out)
+
+
+def _block_stats(dist, q_pids, q_camids, gallery, scratch, verification):
+    """Per-query (num_pos, first-hit rank, AP, INP) for one (B, G) block of distances; feeds
+    the block to verification (a _Verification or None) too."""
     batch = dist.shape[0]
+    dist = dist.to(torch.float32).contiguous()
+    if torch.aminmax(dist).min.isnan():
+        raise ValueError('the distance matrix contains NaN; check the features (e.g. a NaN loss)')
     positives, junk = gallery.same_pid_pairs(q_pids, q_camids)
+    if verification is not None:
+        verification.add(dist.view(-1), positives, junk, dist.shape[1], scratch)
     num_pos = torch.bincount(positives[0], minlength=batch)
-    ranks = _match_ranks(dist, positives, junk) if len(positives[0]) else positives[0]
+    ranks = _match_ranks(dist, positives, junk, scratch) if len(positives[0]) else positives[0]
     # The k-th match of a row in rank order: sort by (row, rank).
     order = torch.argsort(positives[0] * (1 << 32) + ranks)
     rows, ranks = positives[0][order], ranks[order]
@@ -196,14 +311,19 @@ def _block_stats(dist, q_pids, q_camids, gallery):
             (num_pos.double() / last_hit).cpu())
 
 
-def evaluate_blocks(dist_blocks, q_pids, g_pids, q_camids, g_camids, max_rank=50, verbose=True):
-    """CMC, mAP and mINP from distances given as row blocks.
+def evaluate_blocks(dist_blocks, q_pids, g_pids, q_camids, g_camids, max_rank=50, verbose=True,
+                    fprs=VERIFICATION_FPRS):
+    """CMC, mAP, mINP and verification figures from distances given as row blocks.
 
     dist_blocks: iterable of (first_query_index, (B, num_gallery) distances), covering every
-    query once, in any order; numpy arrays or torch tensors (any device).
+    query once, in any order; numpy arrays or torch tensors (any device), ranked as float32.
     q_pids, q_camids: (num_query,); g_pids, g_camids: (num_gallery,).
-    Returns ReIDMetrics(cmc of length min(max_rank, num_gallery), mAP, mINP, num_valid).
+    fprs: false positive rates in (0, 1) for ReIDMetrics.verification; () skips it.
+    Returns ReIDMetrics(cmc of length min(max_rank, num_gallery), mAP, mINP, num_valid,
+    verification).
     """
+    if not all(0 < fpr < 1 for fpr in fprs):
+        raise ValueError(f'fprs={tuple(fprs)}: each false positive rate must be in (0, 1)')
     q_pids, g_pids = _as_tensor(q_pids, torch.int64), _as_tensor(g_pids, torch.int64)
     q_camids, g_camids = _as_tensor(q_camids, torch.int64), _as_tensor(g_camids, torch.int64)
     num_query, num_gallery = len(q_pids), len(g_pids)
@@ -216,20 +336,23 @@ def evaluate_blocks(dist_blocks, q_pids, g_pids, q_camids, g_camids, max_rank=50
     first_hit = torch.zeros(num_query, dtype=torch.int64)
     ap = torch.zeros(num_query, dtype=torch.float64)
     inp = torch.zeros(num_query, dtype=torch.float64)
-    gallery = None
+    gallery, verification, scratch = None, None, _Scratch()
     for start, block in dist_blocks:
         block = _as_tensor(block)
         if block.dim() != 2 or block.shape[1] != num_gallery:
             raise ValueError(f'distance block of shape {tuple(block.shape)}; expected (B, {num_gallery})')
         if gallery is None:
             gallery = _GalleryIndex(g_pids.to(block.device), g_camids.to(block.device))
+            num_negatives = num_query * num_gallery - gallery.num_same_pid(q_pids.to(block.device))
+            if fprs and num_negatives:
+                verification = _Verification(tuple(fprs), num_negatives)
         # Rank in sub-blocks of ~1M distances whatever the caller's block size: their
         # temporaries stay small enough to be reused rather than page-faulted in afresh.
         step = default_block_size(num_gallery)
         for offset in range(0, block.shape[0], step):
             rows = slice(start + offset, start + min(offset + step, block.shape[0]))
             stats = _block_stats(block[offset:offset + step], q_pids[rows].to(block.device),
-                                 q_camids[rows].to(block.device), gallery)
+                                 q_camids[rows].to(block.device), gallery, scratch, verification)
             num_pos[rows], first_hit[rows], ap[rows], inp[rows] = stats
     if (num_pos < 0).any():
         raise ValueError('the distance blocks do not cover every query')
@@ -248,23 +371,36 @@ def evaluate_blocks(dist_blocks, q_pids, g_pids, q_camids, g_camids, max_rank=50
               f'from another camera and are skipped')
     hits = first_hit[valid]
     cmc = (hits[:, None] <= torch.arange(1, max_rank + 1)[None, :]).double().mean(dim=0)
-    return ReIDMetrics(cmc.numpy(), float(ap[valid].mean()), float(inp[valid].mean()), num_valid)
+    return ReIDMetrics(cmc.numpy(), float(ap[valid].mean()), float(inp[valid].mean()), num_valid,
+                       verification.result() if verification is not None else ())
 
 
-def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, verbose=True):
-    """CMC, mAP and mINP from a full (num_query, num_gallery) distance matrix (numpy or torch)."""
-    return evaluate_blocks([(0, distmat)], q_pids, g_pids, q_camids, g_camids, max_rank, verbose)
+def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, verbose=True,
+             fprs=VERIFICATION_FPRS):
+    """evaluate_blocks on a full (num_query, num_gallery) distance matrix (numpy or torch)."""
+    return evaluate_blocks([(0, distmat)], q_pids, g_pids, q_camids, g_camids, max_rank, verbose, fprs)
 
 
 def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, max_rank=50, block_size=256,
-                      verbose=True):
-    """CMC, mAP and mINP from (num_query, D) and (num_gallery, D) features by squared Euclidean
-    distance, computed block_size query rows at a time: memory stays O(block_size x num_gallery).
+                      verbose=True, metric='euclidean', fprs=VERIFICATION_FPRS):
+    """evaluate_blocks on (num_query, D) and (num_gallery, D) features, with
+    pairwise_distance(metric) computed block_size query rows at a time: memory stays
+    O(block_size x num_gallery).
 
-    Identical to evaluate(squared_euclidean(qf, gf), ...). Runs where the features are (GPU too).
-    The default block is large enough that each matmul reads the gallery features for many
-    queries at once, and small enough (84 MB at MSMT17's 82,161 gallery samples) to bound memory.
+    Identical to evaluate(pairwise_distance(qf, gf, metric), ...). Runs where the features are
+    (GPU too). The default block is large enough that each matmul reads the gallery features for
+    many queries at once, and small enough (84 MB at MSMT17's 82,161 gallery samples) to bound
+    memory.
     """
-    blocks = ((start, squared_euclidean(qf[start:start + block_size], gf))
+    blocks = ((start, pairwise_distance(qf[start:start + block_size], gf, metric))
               for start in range(0, len(qf), block_size))
-    return evaluate_blocks(blocks, q_pids, g_pids, q_camids, g_camids, max_rank, verbose)
+    return evaluate_blocks(blocks, q_pids, g_pids, q_camids, g_camids, max_rank, verbose, fprs)
+
+
+def format_verification(result):
+    """Printable lines for result.verification: a header, then one line per FPR such as
+    'TPR@FPR=1e-04: 45.3% (threshold 0.8123)'; no lines when it is empty."""
+    if not result.verification:
+        return []
+    return ['Verification over all query-gallery pairs (same person if distance <= threshold)'] + [
+        f'TPR@FPR={fpr:.0e}: {tpr:.1%} (threshold {threshold:.6g})' for fpr, tpr, threshold in result.verification]
