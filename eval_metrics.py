@@ -174,19 +174,25 @@ def _buckets(dist, rows, pos_dist, num_buckets, scratch):
     Buckets are linear over the row's range [lo, hi] of finite true-match distances (where
     matches and the entries between them are dense): lo to hi map to 1..num_buckets, entries
     below lo to 0 (or lo's bucket). Entries above hi (or in hi's bucket) are spread over
-    _ABOVE_BUCKETS more buckets, by distance and then by column: never counted for a match,
-    but a histogram loop that adds one bucket over and over stalls on its own stores.
+    _ABOVE_BUCKETS more buckets, by distance and then by column: never counted for a match
+    (unless the row has one at +inf, which is handled apart), but a histogram loop that adds
+    one bucket over and over stalls on its own stores.
     Ranking only needs the map to be monotone up to hi's bucket, so float rounding here
     cannot change a result.
     """
     batch, num_gallery = dist.shape
     finite = pos_dist.isfinite()
+    # A row with a true match at +inf keeps everything above hi in one bucket, its last.
+    ceiling = num_buckets + torch.arange(num_gallery, device=dist.device) % _ABOVE_BUCKETS
+    infinite_rows = rows[pos_dist == math.inf]
+    if len(infinite_rows):
+        ceiling = ceiling.expand(batch, num_gallery).clone()
+        ceiling[infinite_rows] = num_buckets
     rows, pos_dist = rows[finite], pos_dist[finite].double()
     lo = torch.zeros(batch, dtype=torch.float64, device=dist.device).scatter_reduce_(0, rows, pos_dist, 'amin', include_self=False)
     hi = torch.zeros(batch, dtype=torch.float64, device=dist.device).scatter_reduce_(0, rows, pos_dist, 'amax', include_self=False)
     width = hi - lo
     scale = torch.where(width > 0, (num_buckets - 1) / width, 1.0).clamp(max=_MAX_SCALE)
-    ceiling = num_buckets + torch.arange(num_gallery, device=dist.device) % _ABOVE_BUCKETS
     # The passes over the whole block, in place on two reused buffers: (d - lo) * scale (the
     # subtraction first, so values stay finite or +-inf, never inf - inf), clamp, truncate to
     # int32, add the row base.
