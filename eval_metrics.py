@@ -232,13 +232,23 @@ def _match_ranks(dist, positives, junk, scratch):
     before_bucket = hist.cumsum(0) - hist
 
     # The entries that share a bucket with a true match (candidates, in gallery order) sorted
-    # by (bucket, key): a stable sort, so equal keys stay in gallery order.
+    # by (bucket, key): a stable sort, so equal keys stay in gallery order. Only rows where a
+    # match shares its bucket with other entries are scanned for them; elsewhere the
+    # candidates are the true matches themselves.
     pos_bucket = bucket[pos_flat].long()
+    crowded = hist[pos_bucket] > torch.bincount(pos_bucket, minlength=len(hist))[pos_bucket]
+    scan = torch.zeros(batch, dtype=torch.bool, device=device)
+    scan[positives[0][crowded]] = True
+    scan_rows = scan.nonzero().squeeze(1)
     hosts_match = torch.zeros(len(hist), dtype=torch.bool, device=device)
     hosts_match[pos_bucket] = True
-    is_candidate = scratch.mask(len(bucket), device)
-    torch.index_select(hosts_match, 0, bucket, out=is_candidate[:len(bucket)])
+    scanned = bucket.view(batch, num_gallery)[scan_rows].view(-1) if len(scan_rows) < batch else bucket
+    is_candidate = scratch.mask(len(scanned), device)
+    torch.index_select(hosts_match, 0, scanned, out=is_candidate[:len(scanned)])
     cand = _flat_nonzero(is_candidate)
+    if len(scan_rows) < batch:
+        cand = scan_rows[cand // num_gallery] * num_gallery + cand % num_gallery
+        cand = torch.cat([cand, pos_flat[~scan[positives[0]]]]).sort().values
     cand_sort_key = (bucket[cand].long() << 32) + _ordered_keys(flat[cand]) + (1 << 31)
     order = torch.argsort(cand_sort_key, stable=True)
     sorted_key = cand_sort_key[order]
