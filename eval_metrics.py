@@ -8,24 +8,27 @@ Protocol (Market-1501/MARS, as in deep-person-reid, fast-reid and BoT):
     within the top r + 1;
   * AP is the mean, over the query's true matches, of the precision at each match's rank
     (step AP); mAP averages it over queries. INP = num_matches / rank of the last match;
-  * queries with no true match left are skipped (and counted in a printed note).
+  * queries with no true match left are skipped (and counted in a printed note);
+  * verification figures (ReIDMetrics.verification): TPR at fixed FPRs over every
+    (query, gallery) pair but junk, with the distance threshold for each.
 
 How it stays fast: only the ranks of the true matches are needed, not a sorted gallery.
-Per block of queries:
+Per block of queries (float32 distances):
   1. true matches and same-camera junk come from a per-pid index of the gallery (sparse);
-  2. each distance becomes an int32 key whose order is the float order (the float bits
-     themselves when distances are non-negative: no copy);
-  3. keys are cut into buckets per query (a monotone quantisation, NUM_BUCKETS of them over
-     the range of the query's true-match keys, one below and one above) and one bincount
-     gives, for each true match, the number of entries in lower buckets;
-  4. the few entries that share a bucket with a true match are sorted exactly by
-     (key, gallery index), which gives the entries before the match inside its bucket.
+  2. distances are cut into buckets per query, linear over the range of the query's
+     true-match distances (NUM_BUCKETS of them, one below, a few above), in five in-place
+     passes over reused buffers; one bincount gives, for each true match, the number of
+     entries in lower buckets;
+  3. the few entries that share a bucket with a true match (looked for only in the rows
+     where there are any) are sorted exactly by (float order key, gallery index), which
+     gives the entries before the match inside its bucket.
   rank = 1 + (entries in lower buckets) + (entries before it in its bucket) - (junk entries
-  before it, counted sparsely), exactly what a stable sort of the whole row would give, for
-  about a dozen cheap passes over the block.
+  before it, counted sparsely), exactly what a stable sort of the whole row would give: the
+  bucketing only has to be monotone, so float rounding in it cannot change a result.
 
 Queries are processed in blocks, so features can be turned into distances block by block
-(evaluate_features) and peak memory does not grow with num_query x num_gallery.
+(evaluate_features) and peak memory does not grow with num_query x num_gallery; the
+verification figures are streamed too (see _Verification).
 """
 import math
 from typing import NamedTuple
@@ -129,7 +132,6 @@ class _GalleryIndex:
 
 NUM_BUCKETS = 2048
 _ABOVE_BUCKETS = 64
-HOLD = 1.25
 _MAX_SCALE = 1e30  # keeps (distance - lo) * scale finite or +-inf (never NaN) in float32
 
 
@@ -274,11 +276,12 @@ class _Verification:
 
     Holds every true-match distance, and every negative distance up to a running threshold:
     the keep-th smallest negative so far, keep = floor(max(fprs) * num_negatives) + 1, so the
-    held ones always include the keep smallest of all. They are cut back to the keep smallest
-    after a block that had many negatives under the threshold (the first blocks) and whenever
-    more than 2 * keep are held: memory stays at most 2 * max(fprs) of the negatives, plus a
-    block. This runs in numpy on the CPU, whose comparison is ~3x faster than torch's there
-    and whose partition (introselect) ~15x faster than torch.kthvalue.
+    held ones always include the keep smallest of all. Whenever more than 1.25 * keep are
+    held they are cut back to the keep smallest: memory stays under 1.25 * max(fprs) of the
+    negatives plus one block (48 MB at MSMT17 scale). Early blocks, under a loose threshold,
+    add the most; in all about keep * (1 + ln(1 / max(fprs))) values pass through. This runs
+    in numpy on the CPU, whose comparison is ~3x faster than torch's there and whose
+    partition (introselect) ~15x faster than torch.kthvalue.
     """
 
     def __init__(self, fprs, num_negatives):
@@ -300,7 +303,7 @@ class _Verification:
         mask[not_negative] = False
         self.negatives.append(np.compress(mask, flat))
         self.num_held += len(self.negatives[-1])
-        if self.num_held > HOLD * self.keep:
+        if 4 * self.num_held > 5 * self.keep:  # more than 1.25 * keep
             # Keep the keep smallest: any dropped value is >= all of them, so it is not among
             # the keep smallest of all either (ties at the threshold included).
             held = np.partition(np.concatenate(self.negatives), self.keep - 1)[:self.keep]
