@@ -43,6 +43,7 @@ __all__ = ['ReIDMetrics', 'NoValidQueryError', 'evaluate', 'evaluate_blocks', 'e
 VERIFICATION_FPRS = (1e-4, 1e-3, 1e-2)
 METRICS = ('euclidean', 'cosine')
 
+
 class ReIDMetrics(NamedTuple):
     cmc: np.ndarray      # (max_rank,) first-hit curve, cmc[0] is rank-1
     mAP: float
@@ -175,10 +176,10 @@ def _buckets(dist, rows, pos_dist, num_buckets, scratch):
 
     Buckets are linear over the row's range [lo, hi] of finite true-match distances (where
     matches and the entries between them are dense): lo to hi map to 1..num_buckets, entries
-    below lo to 0 (or lo's bucket). Entries above hi (or in hi's bucket) are spread over
-    _ABOVE_BUCKETS more buckets, by distance and then by column: never counted for a match
-    (unless the row has one at +inf, which is handled apart), but a histogram loop that adds
-    one bucket over and over stalls on its own stores.
+    below lo to 0 (or lo's bucket). Entries above hi's bucket are spread over _ABOVE_BUCKETS
+    more buckets, by distance and then by column: never counted for a match (unless the row
+    has one at +inf, which is handled apart), but a histogram loop that adds one bucket over
+    and over stalls on its own stores.
     Ranking only needs the map to be monotone up to hi's bucket, so float rounding here
     cannot change a result.
     """

@@ -36,9 +36,9 @@ def reference_verification(distmat, q_pids, g_pids, q_camids, g_camids, fprs):
     negatives = distmat[~same_pid]
     values = np.unique(distmat)
     candidates = np.concatenate([values, np.nextafter(values, np.float32(-np.inf))])
+    accepted_negatives = np.searchsorted(np.sort(negatives), candidates, side='right')  # #neg <= t
     out = []
     for fpr in fprs:
-        allowed = np.floor(fpr * len(negatives))
-        best = max(t for t in candidates if np.sum(negatives <= t) <= allowed)
+        best = candidates[accepted_negatives <= np.floor(fpr * len(negatives))].max()
         out.append((fpr, np.mean(positives <= best), float(best)))
     return tuple(out)

@@ -148,9 +148,8 @@ def test_verification_matches_reference():
     """Ties, distractor pids, junk, queries without a true match, several blocks (so the held
     negatives are cut back), and FPRs that allow from 0 to half of the negatives."""
     rng = np.random.default_rng(7)
-    fprs = (1e-4, 0.01, 0.05, 0.2, 0.5)
     checked = 0
-    for trial in range(40):
+    for trial in range(24):
         nq, ng = rng.integers(2, 25), rng.integers(5, 60)
         # pids 0-9 in the gallery, 0-11 in the queries: distractors and no-match queries.
         labels = (rng.integers(0, 12, nq), rng.integers(0, 10, ng), rng.integers(0, 3, nq), rng.integers(0, 3, ng))
@@ -160,15 +159,16 @@ def test_verification_matches_reference():
             distmat = rng.standard_normal((nq, ng)).astype(np.float32)
         if reference_evaluate(distmat, *labels)[3] == 0:
             continue
-        expected = reference_verification(distmat, *labels, fprs)
         blocks = [(s, distmat[s:s + 3]) for s in range(0, nq, 3)]
-        for result in (evaluate(distmat, *labels, verbose=False, fprs=fprs),
-                       evaluate_blocks(blocks, *labels, verbose=False, fprs=fprs)):
-            assert [f for f, _, _ in result.verification] == list(fprs)
-            for (_, tpr, threshold), (_, ref_tpr, ref_threshold) in zip(result.verification, expected):
-                assert tpr == pytest.approx(ref_tpr, abs=1e-12) and threshold == ref_threshold
+        for fprs in ((1e-4, 0.01, 0.05, 0.2, 0.5), (1e-3, 0.02)):
+            expected = reference_verification(distmat, *labels, fprs)
+            for result in (evaluate(distmat, *labels, verbose=False, fprs=fprs),
+                           evaluate_blocks(blocks, *labels, verbose=False, fprs=fprs)):
+                assert [f for f, _, _ in result.verification] == list(fprs)
+                for (_, tpr, threshold), (_, ref_tpr, ref_threshold) in zip(result.verification, expected):
+                    assert tpr == pytest.approx(ref_tpr, abs=1e-12) and threshold == ref_threshold
         checked += 1
-    assert checked > 30
+    assert checked > 18
 
 
 def test_verification_threshold_rejects_ties():
