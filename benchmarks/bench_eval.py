@@ -90,7 +90,7 @@ def market(repeats):
         loop_time, _, (cmc, mAP) = timed(1, lambda: per_query_loop(distmat, q_pids, g_pids, q_camids, g_camids))
         agree = abs(fast.mAP - mAP) < 1e-6 and np.abs(fast.cmc - cmc).max() < 1e-6 and verified.mAP == fast.mAP
         print(f'  {name:26s} mAP {fast.mAP:6.1%}  fast {fast_min:5.3f} / {fast_median:5.3f} s  '
-              f'+verif {verif_min:5.3f} s (+{verif_min / fast_min - 1:4.0%})  per-query loop {loop_time:5.2f} s  '
+              f'+verif {verif_min:5.3f} s ({verif_min / fast_min - 1:+4.0%})  per-query loop {loop_time:5.2f} s  '
               f'ratio {loop_time / fast_min:5.1f}x  agree: {agree}')
 
 
