@@ -56,6 +56,9 @@ class ReIDMetrics(NamedTuple):
     # rejected), and tpr is the fraction of true-match pairs accepted. Empty when not asked for
     # or when there is no negative pair.
     verification: tuple = ()
+    # (num_query,) AP of each query, NaN for a query without a true match (for pictures of
+    # the worst queries); None when built by hand.
+    ap: np.ndarray = None
 
 
 class NoValidQueryError(ValueError):
@@ -408,7 +411,8 @@ def evaluate_blocks(dist_blocks, q_pids, g_pids, q_camids, g_camids, max_rank=50
     hits = first_hit[valid]
     cmc = (hits[:, None] <= torch.arange(1, max_rank + 1)[None, :]).double().mean(dim=0)
     return ReIDMetrics(cmc.numpy(), float(ap[valid].mean()), float(inp[valid].mean()), num_valid,
-                       verification.result() if verification is not None else ())
+                       verification.result() if verification is not None else (),
+                       torch.where(valid, ap, float('nan')).numpy())
 
 
 def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, verbose=True,

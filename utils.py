@@ -13,7 +13,7 @@ import zipfile
 import numpy as np
 import torch
 
-__all__ = ['AverageMeter', 'Progress', 'tee_stdout', 'set_seed', 'rng_state', 'set_rng_state', 'CheckpointError',
+__all__ = ['AverageMeter', 'Progress', 'write_atomic', 'tee_stdout', 'set_seed', 'rng_state', 'set_rng_state', 'CheckpointError',
            'save_checkpoint', 'copy_file_atomic', 'load_checkpoint', 'load_model_weights']
 
 
@@ -113,7 +113,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def _write_atomic(path, write):
+def write_atomic(path, write):
     """Write a file through a temporary file in the same directory, fsync it, then rename it
     over `path`: a crash at any moment leaves either the old file or the new one, whole."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -138,14 +138,14 @@ def _write_atomic(path, write):
 
 
 def save_checkpoint(state, path):
-    _write_atomic(path, lambda f: torch.save(state, f))
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def copy_file_atomic(src, dst):
     def write(f):
         with open(src, 'rb') as source:
             shutil.copyfileobj(source, f)
-    _write_atomic(dst, write)
+    write_atomic(dst, write)
 
 
 # What released checkpoints pickle besides tensors and containers: the 2018 code stored

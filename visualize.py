@@ -12,10 +12,9 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageOps
 
 from dataset_loader import read_image
-from eval_metrics import NoValidQueryError, evaluate
-from utils import _write_atomic as write_atomic  # temp file + fsync + os.replace
+from utils import write_atomic
 
-__all__ = ['visrank', 'query_ap', 'TrainingLog', 'TILE_SIZE', 'BORDER', 'COLOURS']
+__all__ = ['visrank', 'TrainingLog', 'TILE_SIZE', 'BORDER', 'COLOURS']
 
 TILE_SIZE = (64, 128)   # (width, height) of each image in a ranked list
 BORDER = 4              # frame width in pixels
@@ -105,21 +104,6 @@ def visrank(dist, query_indices, query, gallery, q_pids, g_pids, q_camids, g_cam
         write_atomic(path, lambda f: index.save(f, format='PNG'))
         paths.append(path)
     return paths
-
-
-def query_ap(dist, q_pids, g_pids, q_camids, g_camids):
-    """(num_rows,) float64 AP of each row of a (num_rows, num_gallery) distance matrix, given
-    the rows' q_pids, q_camids (num_rows,) and g_pids, g_camids (num_gallery,), as the
-    evaluator computes it (same-pid same-camera entries removed, stable ranking); NaN for a
-    query without a valid match. One evaluator call per row: meant for the queries of visrank."""
-    ap = np.full(len(dist), np.nan)
-    for row in range(len(dist)):
-        try:
-            ap[row] = evaluate(dist[row:row + 1], q_pids[row:row + 1], g_pids, q_camids[row:row + 1], g_camids,
-                               verbose=False).mAP
-        except NoValidQueryError:
-            pass  # no valid match: stays NaN
-    return ap
 
 
 class TrainingLog:

@@ -77,12 +77,14 @@ def test_hand_computed_case():
     assert result.mAP == pytest.approx(0.75)
     assert result.mINP == pytest.approx(0.75)
     np.testing.assert_allclose(result.cmc, [0.5, 1.0, 1.0])
+    np.testing.assert_allclose(result.ap, [0.5, 1.0])
 
 
 def test_queries_without_match_are_skipped_and_counted(capsys):
     distmat = np.array([[0.1, 0.2], [0.3, 0.1]], np.float32)
     result = evaluate(distmat, np.array([1, 5]), np.array([1, 2]), np.array([0, 0]), np.array([1, 1]))
     assert result.num_valid == 1 and result.mAP == 1.0
+    assert result.ap[0] == 1.0 and np.isnan(result.ap[1])
     assert '1 of 2 queries have no true match' in capsys.readouterr().out
 
 

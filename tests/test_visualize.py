@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from visualize import BORDER, COLOURS, GAP, LABEL_HEIGHT, TILE_SIZE, TrainingLog, query_ap, visrank
+from eval_metrics import evaluate
+from visualize import BORDER, COLOURS, GAP, LABEL_HEIGHT, TILE_SIZE, TrainingLog, visrank
 
 TILE_W, TILE_H = TILE_SIZE
 STRIP_H = TILE_H + 2 * BORDER + LABEL_HEIGHT
@@ -50,7 +51,7 @@ def test_visrank_frames_order_and_index(items, tmp_path):
     g_pids, g_camids = np.array([p for p, _ in GALLERY]), np.array([c for _, c in GALLERY])
     # AP as the evaluator computes it: query 0 has matches at valid ranks 1 and 5 (the grey
     # entry does not count): (1/1 + 2/5) / 2; query 1 its only one at rank 6.
-    ap = query_ap(DIST, q_pids, g_pids, q_camids, g_camids)
+    ap = evaluate(DIST, q_pids, g_pids, q_camids, g_camids, verbose=False).ap
     assert ap[:2] == pytest.approx([0.7, 1 / 6]) and math.isnan(ap[2])
     paths = visrank(torch.from_numpy(DIST), [0, 1, 2], query, gallery, q_pids, g_pids, q_camids, g_camids, ap,
                     tmp_path / 'visrank', topk=5)
