@@ -1,5 +1,6 @@
 """Datasets from the command line: several training datasets, evaluation targets, folder
 datasets without cameras or without a test split."""
+import json
 import shutil
 
 import pytest
@@ -21,13 +22,20 @@ def mixed_root(synthetic_root, tmp_path_factory):
 
 def test_train_on_two_benchmarks_and_evaluate_on_a_folder_without_cameras(mixed_root, tmp_path):
     result = run_script('train_img_model_xent.py', *FAST, '--root', mixed_root, '-d', 'market1501', 'dukemtmcreid',
-                        '--target', 'image_folder', 'market1501', '--max-epoch', '1', '--save-dir', tmp_path)
+                        '--target', 'image_folder', 'market1501', '--max-epoch', '1', '--visrank', '3',
+                        '--visrank-queries', '2', '--save-dir', tmp_path)
     out = result.stdout
     assert '=> market1501+dukemtmcreid loaded' in out or 'market1501+dukemtmcreid' in out
     assert 'Note: image_folder has no camera ids, so cross-camera filtering is off' in out
     assert out.index('==> Target image_folder') < out.index('==> Target market1501')
     assert len(parse_results(out)) == 2
     assert 'all query identities do not appear in gallery' not in out + result.stderr
+    for name in ('image_folder', 'market1501'):  # one picture folder per target
+        assert len(list((tmp_path / f'visrank_{name}').glob('query*.png'))) == 2
+        assert (tmp_path / f'visrank_{name}' / 'index.png').exists()
+    records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+    assert [sorted(r) for r in records] == [['epoch', 'images_per_s', 'loss', 'lr'], ['epoch', 'mAP', 'rank1']]
+    assert (tmp_path / 'curves.png').exists()
 
 
 def test_train_only_folder_trains_without_evaluation(tmp_path):
