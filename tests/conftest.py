@@ -43,52 +43,38 @@ def _real_tree(tmp_path_factory, tool, name):
     return root
 
 
-@pytest.fixture(scope='session')
-def real_market_root(tmp_path_factory):
-    """A full-size Market-1501 tree with the real file names."""
-    return _real_tree(tmp_path_factory, 'make_market1501.py', 'market1501')
+def _real_tree_fixture(tool, name, doc):
+    """A session fixture building <tmp>/<name> once with ../shared/tools/<tool>."""
+    def fixture(tmp_path_factory):
+        return _real_tree(tmp_path_factory, tool, name)
+    fixture.__doc__ = doc
+    return pytest.fixture(scope='session')(fixture)
 
 
-@pytest.fixture(scope='session')
-def real_mars_root(tmp_path_factory):
-    """A full-size MARS tree from the official info/*.mat files (1.19 M images)."""
-    return _real_tree(tmp_path_factory, 'make_mars.py', 'mars')
-
-
-@pytest.fixture(scope='session')
-def real_dukemtmcreid_root(tmp_path_factory):
-    """A full-size DukeMTMC-reID tree with the real file names."""
-    return _real_tree(tmp_path_factory, 'make_dukemtmcreid.py', 'dukemtmc-reid')
-
-
-@pytest.fixture(scope='session')
-def real_cuhk03_root(tmp_path_factory):
-    """A full-size cuhk-03.mat (tiny images, real occupancy, synthetic testsets) and the real protocol files."""
-    return _real_tree(tmp_path_factory, 'make_cuhk03.py', 'cuhk03')
-
-
-@pytest.fixture(scope='session')
-def real_msmt17_root(tmp_path_factory):
-    """A full-size MSMT17_V1 tree from the real lists."""
-    return _real_tree(tmp_path_factory, 'make_msmt17.py', 'msmt17')
-
-
-@pytest.fixture(scope='session')
-def real_ilidsvid_root(tmp_path_factory):
-    """A full-size iLIDS-VID tree (real persons and frame counts) and the official split file."""
-    return _real_tree(tmp_path_factory, 'make_ilidsvid.py', 'ilids-vid')
-
-
-@pytest.fixture(scope='session')
-def real_prid2011_root(tmp_path_factory):
-    """A full-size PRID2011 multi_shot tree (real frame counts) and torchreid's split file."""
-    return _real_tree(tmp_path_factory, 'make_prid2011.py', 'prid2011')
-
-
-@pytest.fixture(scope='session')
-def real_dukemtmcvidreid_root(tmp_path_factory):
-    """A full-size DukeMTMC-VideoReID tree from the real tracklet tables (927k linked frames)."""
-    return _real_tree(tmp_path_factory, 'make_dukemtmcvidreid.py', 'dukemtmc-vidreid')
+real_market_root = _real_tree_fixture(
+    'make_market1501.py', 'market1501',
+    'A full-size Market-1501 tree with the real file names.')
+real_mars_root = _real_tree_fixture(
+    'make_mars.py', 'mars',
+    'A full-size MARS tree from the official info/*.mat files (1.19 M images).')
+real_dukemtmcreid_root = _real_tree_fixture(
+    'make_dukemtmcreid.py', 'dukemtmc-reid',
+    'A full-size DukeMTMC-reID tree with the real file names.')
+real_cuhk03_root = _real_tree_fixture(
+    'make_cuhk03.py', 'cuhk03',
+    'A full-size cuhk-03.mat (tiny images, real occupancy, synthetic testsets) and the real protocol files.')
+real_msmt17_root = _real_tree_fixture(
+    'make_msmt17.py', 'msmt17',
+    'A full-size MSMT17_V1 tree from the real lists.')
+real_ilidsvid_root = _real_tree_fixture(
+    'make_ilidsvid.py', 'ilids-vid',
+    'A full-size iLIDS-VID tree (real persons and frame counts) and the official split file.')
+real_prid2011_root = _real_tree_fixture(
+    'make_prid2011.py', 'prid2011',
+    "A full-size PRID2011 multi_shot tree (real frame counts) and torchreid's split file.")
+real_dukemtmcvidreid_root = _real_tree_fixture(
+    'make_dukemtmcvidreid.py', 'dukemtmc-vidreid',
+    'A full-size DukeMTMC-VideoReID tree from the real tracklet tables (927k linked frames).')
 
 
 @pytest.fixture(scope='session')
