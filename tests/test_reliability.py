@@ -78,7 +78,7 @@ def test_missing_dataset_fails_before_the_model(tmp_path):
     (train_img_model_xent, ['--width', '-5'], '--width must be positive'),
     (train_img_model_xent, ['--eval-step', '0'], '--eval-step must be a positive number'),
     (train_img_model_xent, ['-a', 'vgg16'], "invalid choice: 'vgg16' (choose from 'resnet50', 'resnet50m', 'densenet121')"),
-    (train_img_model_xent, ['-d', 'dukemtmc'], "invalid choice: 'dukemtmc' (choose from 'market1501', 'mars')"),
+    (train_img_model_xent, ['-d', 'dukemtmc'], "invalid choice: 'dukemtmc' (choose from 'market1501', 'dukemtmcreid'"),
     (train_img_model_xent, ['--resume', '/no/such/checkpoint.pth.tar'], '--resume /no/such/checkpoint.pth.tar: no such file'),
     (train_img_model_xent, ['--rerank', '--k2', '30'], 're-ranking needs --k1 >= 1, 1 <= --k2 <= k1 + 1'),
 ])
@@ -174,6 +174,7 @@ def test_truncated_or_foreign_files_are_refused(tmp_path):
 
 class NaNAtCall(CrossEntropyLabelSmooth):
     """The scripts' loss, turning NaN at its nan_at-th call."""
+    center = None
 
     def __init__(self, num_classes, nan_at):
         super().__init__(num_classes)
@@ -191,7 +192,7 @@ def test_nan_loss_stops_with_epoch_batch_and_keeps_checkpoint(synthetic_root, tm
          '--save-dir', str(tmp_path)])
     # 121 training images, batches of 32: 3 batches an epoch, so call 5 is epoch 2, batch 2.
     with pytest.raises(SystemExit) as info:
-        engine.main(args, video=False, loss={'xent'}, build_criterion=lambda a, n: NaNAtCall(n, nan_at=5))
+        engine.main(args, video=False, loss={'xent'}, build_criterion=lambda a, n, d: NaNAtCall(n, nan_at=5))
     assert info.value.code == 1
     stderr = capsys.readouterr().err
     assert 'the loss became nan at epoch 2, batch 2/3' in stderr and '--lr' in stderr and '--amp' in stderr
