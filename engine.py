@@ -8,6 +8,7 @@ import datetime
 import os
 import sys
 import time
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -20,8 +21,10 @@ import options
 import rerank
 import solver
 import utils
+import visualize
 from dataset_loader import ImageDataset, ImageReadError, VideoDataset, frames_of
-from eval_metrics import NoValidQueryError, evaluate_blocks, evaluate_features
+from eval_metrics import (NoValidQueryError, evaluate_blocks, evaluate_features, format_verification,
+                          pairwise_distance)
 from samplers import RandomIdentitySampler
 from transforms import build_transforms
 
@@ -62,18 +65,15 @@ def setup_device(args):
     return torch.device('cpu')
 
 
-def build_loaders(args, dataset, video, triplet, use_gpu):
-    """(trainloader, queryloader, galleryloader).
-
-    Video training decomposes tracklets into frames (image batches) unless --clip-train.
-    Test loaders draw from their own generator, so testing never moves the training RNG.
+def build_train_loader(args, dataset, video, triplet, use_gpu):
+    """The training DataLoader. Video training decomposes tracklets into frames (image batches)
+    unless --clip-train.
 
     --train-batch is the global batch: each of the world_size processes loads its share, and
     the samplers, seeded by --seed and the epoch (set_epoch), give the ranks together the
-    batches of a single process (P x K: whole identities per rank). Each rank tests on one
-    contiguous range of the query and gallery sets (test gathers them back in order).
+    batches of a single process (P x K: whole identities per rank).
     """
-    transform_train, transform_test = build_transforms(args.height, args.width, args.augment, args.random_erasing)
+    transform_train, _ = build_transforms(args.height, args.width, args.augment, args.random_erasing)
     clip_train = video and args.clip_train
     train_items = dataset.train if not video or clip_train else frames_of(dataset.train)
     if clip_train:
@@ -100,8 +100,23 @@ def build_loaders(args, dataset, video, triplet, use_gpu):
     else:
         sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True,
                                      seed=args.seed, drop_last=True)
-    trainloader = DataLoader(train_set, batch_size=args.train_batch // world_size, sampler=sampler,
-                             num_workers=args.workers, pin_memory=use_gpu, drop_last=True)
+    return DataLoader(train_set, batch_size=args.train_batch // world_size, sampler=sampler,
+                      num_workers=args.workers, pin_memory=use_gpu, drop_last=True)
+
+
+class Target(NamedTuple):
+    """A dataset to evaluate on, with its query and gallery loaders."""
+    dataset: object
+    queryloader: DataLoader
+    galleryloader: DataLoader
+
+
+def build_target(args, dataset, video, use_gpu):
+    """Test loaders of a dataset. They draw from their own generator, so testing never moves the
+    training RNG. Under DDP each rank tests on one contiguous range of the query and gallery
+    sets (test gathers them back in order)."""
+    _, transform_test = build_transforms(args.height, args.width)
+    world_size, rank = utils.get_world_size(), utils.get_rank()
 
     def test_loader(split):
         items = getattr(dataset, split)
@@ -118,7 +133,31 @@ def build_loaders(args, dataset, video, triplet, use_gpu):
         return DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=args.workers,
                           pin_memory=use_gpu, generator=torch.Generator())
 
-    return trainloader, test_loader('query'), test_loader('gallery')
+    return Target(dataset, test_loader('query'), test_loader('gallery'))
+
+
+def load_data(args, video, triplet, use_gpu):
+    """(train dataset, trainloader, [Target]): the union of the -d datasets for training, and
+    each --target (default: the -d datasets) that has a query/gallery split for testing."""
+    def load(name):
+        return data_manager.init_dataset(name, root=args.root, **options.dataset_options(args))
+
+    train_sets = [load(name) for name in args.dataset]
+    train_data = train_sets[0] if len(train_sets) == 1 else data_manager.combine_train(train_sets)
+    trainloader = build_train_loader(args, train_data, video, triplet, use_gpu)
+    targets = []
+    for name in args.target or args.dataset:
+        dataset = next((d for d in train_sets if d.name == name), None) or load(name)
+        if not dataset.has_test_split:
+            print(f'Note: {name} has no query/gallery folders, so it is not evaluated')
+            continue
+        if not dataset.has_camera_ids:
+            print(f'Note: {name} has no camera ids, so cross-camera filtering is off: a query is only kept '
+                  f'from matching the very same image or tracklet; every other gallery entry counts')
+        targets.append(build_target(args, dataset, video, use_gpu))
+    if not targets:
+        print('Note: no dataset to evaluate on: evaluation is disabled; checkpoints are still written')
+    return train_data, trainloader, targets
 
 
 def autocast_dtype(args, device):
@@ -175,7 +214,8 @@ def train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, scaler
     channels_last = torch.channels_last if args.channels_last else torch.preserve_format
     loss_sum = torch.zeros((), device=device)
     first_bad = torch.full((), len(trainloader), device=device)  # batch index; len: none yet
-    start, num_samples = time.time(), 0
+    world_size = utils.get_world_size()
+    progress = utils.Progress(len(trainloader) * trainloader.batch_size * world_size)
     for batch_idx, (imgs, pids, _) in enumerate(trainloader):
         imgs, pids = imgs.to(device, non_blocking=True), pids.to(device, non_blocking=True)
         if imgs.dim() == 4:
@@ -183,14 +223,15 @@ def train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, scaler
         loss = train_step(model, criterion, optimizer, center_optimizer, scaler, imgs, pids, amp_dtype)
         loss_sum += loss
         first_bad = torch.where(torch.isfinite(loss) | (first_bad < batch_idx), first_bad, batch_idx)
-        num_samples += pids.size(0) * utils.get_world_size()
+        progress.update(pids.size(0) * world_size)
         if (batch_idx + 1) % args.print_freq == 0 or batch_idx + 1 == len(trainloader):
             val, avg = read_loss(loss, loss_sum / (batch_idx + 1), first_bad, epoch, trainloader, args)
             if (batch_idx + 1) % args.print_freq == 0:
-                print(f'Batch {batch_idx + 1}/{len(trainloader)}\t Loss {val:.6f} ({avg:.6f})')
-    elapsed = time.time() - start
-    print(f'Epoch {epoch + 1} done: loss {avg:.6f}, {num_samples / elapsed:.1f} samples/s')
-    return avg
+                run_left = progress.total - progress.done + (args.max_epoch - epoch - 1) * progress.total
+                print(f'Batch {batch_idx + 1}/{len(trainloader)}\t Loss {val:.6f} ({avg:.6f})\t '
+                      f'{progress.rate:.1f} img/s, ETA epoch {progress.eta()}, run {progress.eta(run_left)}')
+    print(f'Epoch {epoch + 1} done: loss {avg:.6f}, {progress.rate:.1f} samples/s')
+    return avg, progress.rate
 
 
 def read_loss(loss, mean_loss, first_bad, epoch, trainloader, args):
@@ -212,8 +253,10 @@ def read_loss(loss, mean_loss, first_bad, epoch, trainloader, args):
 
 
 @torch.inference_mode()
-def extract_features(model, loader, device, flip=False, pool='avg', chunk=64):
+def extract_features(model, loader, device, flip=False, pool='avg', chunk=64, split='', every=10.0):
     """Test features of a split: ((N, D) float32 on the device, pids (N,), camids (N,)).
+
+    A long split prints a progress line (done, rate, time left) every `every` seconds.
 
     Each image goes through models.TestFeatureNet (the model's test feature, averaged with its
     mirror image's with flip). Clips (B, S, C, H, W) are run as B x S frames and pooled per
@@ -223,6 +266,7 @@ def extract_features(model, loader, device, flip=False, pool='avg', chunk=64):
     """
     net = models.TestFeatureNet(model, flip=flip).eval()
     features, pids, camids = [], [], []
+    progress, last_print = utils.Progress(len(loader.dataset)), time.time()
     for imgs, batch_pids, batch_camids in loader:
         imgs = imgs.to(device, non_blocking=True)
         if imgs.dim() == 5:
@@ -235,30 +279,35 @@ def extract_features(model, loader, device, flip=False, pool='avg', chunk=64):
             features.append(net(imgs))
         pids.append(batch_pids)
         camids.append(batch_camids)
+        progress.update(len(batch_pids))
+        if time.time() - last_print >= every and progress.done < progress.total:
+            print(f'  {split} features: {progress.done}/{progress.total}, {progress.rate:.1f}/s, ETA {progress.eta()}')
+            last_print = time.time()
     return torch.cat(features).float(), torch.cat(pids), torch.cat(camids)
 
 
-def extract_split(model, loader, device, args):
+def extract_split(model, loader, device, args, split):
     """extract_features under --amp's autocast, in float32 after it; under DDP every rank
     extracts its contiguous shard and receives the whole split back in dataset order."""
     pool, chunk = getattr(args, 'pool', 'avg'), getattr(args, 'test_chunk', 64)
     amp_dtype = autocast_dtype(args, device)
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        features, pids, camids = extract_features(model, loader, device, args.flip_test, pool, chunk)
+        features, pids, camids = extract_features(model, loader, device, args.flip_test, pool, chunk, split)
     if not utils.is_distributed():
         return features, pids, camids
     # NCCL gathers device tensors only: ids travel on the device too.
     return tuple(utils.gather_in_order(t.to(device)).to(t.device) for t in (features, pids, camids))
 
 
-def test(model, queryloader, galleryloader, device, args):
-    """Extract features, rank the gallery for every query by --dist-metric, print mAP and CMC
-    (and, with --rerank, again after re-ranking); return (rank1, mAP) without re-ranking.
+def test(model, target, device, args, visrank_dir):
+    """Extract features, rank the gallery for every query by --dist-metric, print mAP, CMC and
+    the verification figures (and, with --rerank, again after re-ranking); with --visrank, write
+    the ranked-list pictures to visrank_dir. Returns (rank1, mAP) without re-ranking.
     Under DDP all ranks extract and rank 0 alone evaluates; the others return (None, None)."""
     start = time.time()
-    qf, q_pids, q_camids = extract_split(model, queryloader, device, args)
+    qf, q_pids, q_camids = extract_split(model, target.queryloader, device, args, 'query')
     print(f'Extracted features for query set, obtained {qf.shape[0]}-by-{qf.shape[1]} matrix')
-    gf, g_pids, g_camids = extract_split(model, galleryloader, device, args)
+    gf, g_pids, g_camids = extract_split(model, target.galleryloader, device, args, 'gallery')
     print(f'Extracted features for gallery set, obtained {gf.shape[0]}-by-{gf.shape[1]} matrix')
     print(f'==> Feature extraction: {time.time() - start:.1f} s')
     if utils.get_rank() != 0:
@@ -266,16 +315,35 @@ def test(model, queryloader, galleryloader, device, args):
     print(f'Computing distance matrix ({args.dist_metric})')
     print('Computing CMC and mAP')
     # Distances are computed and ranked block by block (eval_metrics).
-    if args.dist_metric == 'cosine':  # squared distances of unit vectors rank as cosine distances
-        qf, gf = torch.nn.functional.normalize(qf, dim=1), torch.nn.functional.normalize(gf, dim=1)
-    result = evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids)
+    result = evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric=args.dist_metric)
     print_results(result)
+    if args.visrank:
+        num = min(args.visrank_queries or len(qf), len(qf))
+        dist = pairwise_distance(qf[:num], gf, args.dist_metric).cpu()
+        written = visualize.visrank(dist, range(num), target.dataset.query, target.dataset.gallery, q_pids, g_pids,
+                                    q_camids, g_camids, result.ap, visrank_dir, topk=args.visrank)
+        print(f'Ranked lists of {num} queries written to {visrank_dir} (worst AP first: {os.path.basename(written[-1])})')
     if args.rerank:
         print(f'Applying k-reciprocal re-ranking (k1={args.k1}, k2={args.k2}, lambda={args.lambda_value})')
+        if args.dist_metric == 'cosine':  # squared distances of unit vectors rank as cosine distances
+            qf, gf = torch.nn.functional.normalize(qf, dim=1), torch.nn.functional.normalize(gf, dim=1)
         blocks = rerank.re_ranking_features(qf, gf, args.k1, args.k2, args.lambda_value, stream=True)
         print_results(evaluate_blocks(blocks, q_pids, g_pids, q_camids, g_camids, verbose=False),
                       title='Results with re-ranking')
-    return result.cmc[0], result.mAP
+    return float(result.cmc[0]), float(result.mAP)
+
+
+def test_targets(model, targets, device, args):
+    """Test on each target in turn, one labelled result block each; return the first one's
+    (rank1, mAP), which picks the best model."""
+    results = []
+    for target in targets:
+        name = target.dataset.name
+        if len(targets) > 1:
+            print(f'==> Target {name}')
+        visrank_dir = os.path.join(args.save_dir, 'visrank' if len(targets) == 1 else f'visrank_{name}')
+        results.append(test(model, target, device, args, visrank_dir))
+    return results[0]
 
 
 def print_results(result, title='Results'):
@@ -286,6 +354,8 @@ def print_results(result, title='Results'):
     for r in RANKS:
         if r <= len(result.cmc):
             print(f'Rank-{r:<3}: {result.cmc[r - 1]:.1%}')
+    for line in format_verification(result):
+        print(line)
     print('------------------')
 
 
@@ -420,7 +490,7 @@ def save_training_state(model, criterion, optimizer, center_optimizer, scaler, s
     written = None
     if result is not None:
         rank1, mAP, is_best = result
-        state.update(rank1=float(rank1), mAP=float(mAP))
+        state.update(rank1=rank1, mAP=mAP)
         written = os.path.join(args.save_dir, f'checkpoint_ep{epoch}.pth.tar')
         utils.save_checkpoint(state, written)
         if is_best:
@@ -453,9 +523,8 @@ def run(args, *, video, loss, build_criterion):
     if taken:
         print('From the checkpoint: ' + ', '.join(f'{k} {v}' for k, v in taken))
 
-    print(f'Initializing dataset {args.dataset}')
-    dataset = data_manager.init_dataset(args.dataset, root=args.root)
-    trainloader, queryloader, galleryloader = build_loaders(args, dataset, video, 'htri' in loss, use_gpu)
+    print(f'Initializing dataset {" + ".join(args.dataset)}')
+    dataset, trainloader, targets = load_data(args, video, 'htri' in loss, use_gpu)
 
     print(f'Initializing model: {args.arch}')
     model_loss = loss | {'cent'} if args.center_loss > 0 else loss
@@ -489,24 +558,34 @@ def run(args, *, video, loss, build_criterion):
 
     if args.evaluate:
         print('Evaluate only')
-        test(model, queryloader, galleryloader, device, args)
+        if not targets:
+            raise UsageError('--evaluate: none of the datasets has a query/gallery split to evaluate on')
+        test_targets(model, targets, device, args)
         print(f'Finished. Total elapsed time (h:m:s): {datetime.timedelta(seconds=round(time.time() - start_time))}')
         return
 
     train_model = wrap_for_training(model, device, args)
     last_checkpoint = args.resume or None
+    training_log = visualize.TrainingLog(args.save_dir, tensorboard=args.tensorboard) if args.rank == 0 else None
     print('==> Start training')
     try:
         for epoch in range(start_epoch, args.max_epoch):
             print(f'==> Epoch {epoch + 1}/{args.max_epoch}  (lr {scheduler.get_last_lr()[0]:.2e})')
-            train_one_epoch(epoch, train_model, criterion, optimizer, center_optimizer, scaler, trainloader,
-                            device, args)
+            lr = scheduler.get_last_lr()[0]
+            loss, rate = train_one_epoch(epoch, train_model, criterion, optimizer, center_optimizer, scaler,
+                                         trainloader, device, args)
+            if args.rank == 0:
+                training_log.epoch(epoch + 1, loss, lr, images_per_s=rate)
             scheduler.step()
             result = None
             if (args.eval_step > 0 and (epoch + 1) % args.eval_step == 0) or epoch + 1 == args.max_epoch:
-                print('==> Test')
-                rank1, mAP = test(model, queryloader, galleryloader, device, args)
-                is_best = args.rank == 0 and rank1 > best_rank1
+                rank1 = mAP = None
+                if targets:
+                    print('==> Test')
+                    rank1, mAP = test_targets(model, targets, device, args)
+                    if args.rank == 0:
+                        training_log.evaluation(epoch + 1, rank1, mAP)
+                is_best = rank1 is not None and rank1 > best_rank1
                 if is_best:
                     best_rank1, best_epoch = rank1, epoch + 1
                 result = (rank1, mAP, is_best)
@@ -517,6 +596,6 @@ def run(args, *, video, loss, build_criterion):
         print(f'\nInterrupted. Last checkpoint: {last_checkpoint or "none written yet"}')
         sys.exit(130)
 
-    if args.rank == 0:
+    if best_epoch:
         print(f'==> Best Rank-1 {best_rank1:.1%}, achieved at epoch {best_epoch}')
     print(f'Finished. Total elapsed time (h:m:s): {datetime.timedelta(seconds=round(time.time() - start_time))}')

@@ -10,7 +10,7 @@ import rerank
 from solver import OPTIMIZERS, SCHEDULERS
 from transforms import AUGMENTATIONS
 
-__all__ = ['get_args_parser', 'recipe_settings', 'resolve_model_config', 'model_config']
+__all__ = ['get_args_parser', 'recipe_settings', 'dataset_options', 'resolve_model_config', 'model_config']
 
 # The published BoT configuration (Luo et al., CVPR-W 2019, softmax_triplet_with_center):
 # Adam 3.5e-4, P16 x K4, 120 epochs, warmup 10 epochs from 0.01 x lr, x0.1 at 40 and 70,
@@ -66,6 +66,10 @@ class ReIDArgumentParser(argparse.ArgumentParser):
         return args
 
     def validate(self, args):
+        for name in args.dataset + (args.target or []):
+            if data_manager.is_video(name) != self.video:
+                kind, script = ('image', 'train_img_model_*.py') if self.video else ('video', 'train_vid_model_*.py')
+                self.error(f'{name} is a{"n" if kind == "image" else ""} {kind} dataset: use {script} for it')
         for flag, value in (('--height', args.height), ('--width', args.width),
                             ('--train-batch', args.train_batch), ('--test-batch', args.test_batch),
                             ('--max-epoch', args.max_epoch)):
@@ -120,15 +124,33 @@ def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False
                              '(CVPR-W 2019), printed at start; flags given explicitly win (default: %(default)s)')
 
     data = parser.add_argument_group('data')
-    data.add_argument('-d', '--dataset', default='mars' if video else 'market1501',
-                      choices=data_manager.get_names())
-    data.add_argument('--root', default='data', help='datasets live in <root>/<dataset> (default: %(default)s)')
+    data.add_argument('-d', '--dataset', nargs='+', default=['mars' if video else 'market1501'],
+                      choices=data_manager.get_names(), metavar='NAME',
+                      help='one dataset, or several to train on their union (choices: %(choices)s; '
+                           'default: %(default)s)')
+    data.add_argument('--target', nargs='+', choices=data_manager.get_names(), metavar='NAME',
+                      help='datasets to evaluate on, each in turn; the first one picks the best model '
+                           '(default: the training datasets)')
+    data.add_argument('--root', default='data',
+                      help='datasets live in <root>/<dataset>; image_folder and video_folder read <root> '
+                           'itself (default: %(default)s)')
+    data.add_argument('--split-id', type=int, default=0,
+                      help='split of cuhk03 (with --cuhk03-classic-split), ilidsvid, prid2011 (default: 0)')
+    data.add_argument('--cuhk03-labeled', action='store_true', help='CUHK03: hand-labelled boxes (default: detected)')
+    data.add_argument('--cuhk03-classic-split', action='store_true',
+                      help='CUHK03: the 20 random 1,367/100 splits of the original paper (default: the 767/700 protocol)')
+    data.add_argument('--msmt17-train-val', action='store_true',
+                      help='MSMT17: train on list_train + list_val, as the paper does (default: list_train)')
+    data.add_argument('--camera-pattern', default=r'c(\d+)', metavar='REGEX',
+                      help='folder datasets: camera id in a file (or tracklet folder) name (default: %(default)s)')
+    if video:
+        data.add_argument('--min-seq-len', type=int, default=0, help='drop tracklets with fewer frames')
     data.add_argument('-j', '--workers', default=4, type=int, help='data loading processes (default: %(default)s)')
     data.add_argument('--height', type=int, help='image height (default: 256, or the checkpoint\'s)')
     data.add_argument('--width', type=int, help='image width (default: 128, or the checkpoint\'s)')
     data.add_argument('--augment', default='translate', choices=AUGMENTATIONS,
-                      help='translate: Random2DTranslation + flip (classic); pad-crop: flip, pad 10, random '
-                           'crop (BoT) (default: %(default)s)')
+                      help='translate: Random2DTranslation + flip (classic); pad-crop: flip, pad 10 (at 256x128, '
+                           'scaled with the size), random crop (BoT) (default: %(default)s)')
     data.add_argument('--random-erasing', type=float, default=0.0, metavar='P',
                       help='random erasing probability, 0 disables (default: %(default)s)')
 
@@ -209,6 +231,8 @@ def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False
     misc.add_argument('--save-dir', type=str, default='log')
     misc.add_argument('--use-cpu', action='store_true', help='run on the CPU even if CUDA is available')
     misc.add_argument('--gpu-devices', default='0', type=str, help='CUDA_VISIBLE_DEVICES, e.g. 0,1,2,3')
+    misc.add_argument('--tensorboard', action='store_true',
+                      help='also write TensorBoard event files to <save-dir>/tensorboard (needs the tensorboard package)')
 
     speed = parser.add_argument_group('speed and scale-out (several GPUs: torchrun --nproc-per-node N <script> ...)')
     speed.add_argument('--amp', action='store_true',
@@ -223,12 +247,25 @@ def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False
     speed.add_argument('--sync-bn', action='store_true',
                        help='under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)')
 
+    pictures = parser.add_argument_group('pictures of ranked results')
+    pictures.add_argument('--visrank', type=int, default=0, metavar='K',
+                          help='at each evaluation, write a PNG of the top K gallery entries per query to '
+                               '<save-dir>/visrank[_<dataset>]/, and index.png with the worst queries first')
+    pictures.add_argument('--visrank-queries', type=int, metavar='N', help='with --visrank: the first N queries only')
+
     reranking = parser.add_argument_group('k-reciprocal re-ranking (Zhong et al., CVPR 2017)')
     reranking.add_argument('--rerank', action='store_true', help='also report results after re-ranking')
     reranking.add_argument('--k1', type=int, default=20)
     reranking.add_argument('--k2', type=int, default=6)
     reranking.add_argument('--lambda-value', type=float, default=0.3)
     return parser
+
+
+def dataset_options(args):
+    """The keyword options of data_manager.init_dataset from the flags."""
+    return {'split_id': args.split_id, 'cuhk03_labeled': args.cuhk03_labeled,
+            'cuhk03_classic_split': args.cuhk03_classic_split, 'msmt17_train_val': args.msmt17_train_val,
+            'camera_pattern': args.camera_pattern, 'min_seq_len': getattr(args, 'min_seq_len', 0)}
 
 
 def _flag_values(args):

@@ -50,7 +50,9 @@ def build_transforms(height, width, augment='translate', random_erasing=0.0):
     """(train, test) pipelines: PIL image -> normalised float tensor of shape (3, height, width).
 
     augment: 'translate', the classic recipe (Random2DTranslation, then a horizontal flip), or
-    'pad-crop', the BoT recipe (resize, flip, pad 10 pixels with zeros, random crop back).
+    'pad-crop', the BoT recipe (resize, flip, pad with zeros, random crop back): 10 pixels at
+    256x128 as published, scaled with the image (2 at 64x32), so that the crop moves the person
+    by the same fraction of the image at any size.
     random_erasing: probability of erasing a random rectangle (Zhong et al., AAAI 2020) of 2-40%
     of the image area and aspect ratio 0.3-3.3, after normalisation, filled with 0, which is
     the ImageNet mean pixel once normalised.
@@ -62,7 +64,8 @@ def build_transforms(height, width, augment='translate', random_erasing=0.0):
     if augment == 'translate':
         geometry = [Random2DTranslation(height, width), RandomHorizontalFlip()]
     else:
-        geometry = [Resize((height, width)), RandomHorizontalFlip(), Pad(10), RandomCrop((height, width))]
+        padding = max(1, round(10 * min(height / 256, width / 128)))
+        geometry = [Resize((height, width)), RandomHorizontalFlip(), Pad(padding), RandomCrop((height, width))]
     erasing = [RandomErasing(p=random_erasing, scale=(0.02, 0.4), ratio=(0.3, 3.3), value=0)] if random_erasing > 0 else []
     train = Compose(geometry + to_tensor + erasing)
     test = Compose([Resize((height, width))] + to_tensor)

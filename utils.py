@@ -1,6 +1,7 @@
 """Small helpers the training scripts share: logging, meters, checkpoints, RNG state, and the
 pieces of distributed training (process group, gathers, SyncBatchNorm on the CPU)."""
 import contextlib
+import datetime
 import glob
 import os
 import pickle
@@ -8,6 +9,7 @@ import random
 import shutil
 import sys
 import tempfile
+import time
 import zipfile
 
 import numpy as np
@@ -15,10 +17,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ['AverageMeter', 'tee_stdout', 'set_seed', 'rng_state', 'set_rng_state', 'CheckpointError',
-           'save_checkpoint', 'copy_file_atomic', 'load_checkpoint', 'load_model_weights', 'find_last_checkpoint',
-           'init_distributed_mode', 'is_distributed', 'get_rank', 'get_world_size', 'all_gather_grad',
-           'gather_in_order', 'all_gather_objects', 'convert_sync_batchnorm']
+__all__ = ['AverageMeter', 'Progress', 'write_atomic', 'tee_stdout', 'set_seed', 'rng_state', 'set_rng_state',
+           'CheckpointError', 'save_checkpoint', 'copy_file_atomic', 'load_checkpoint', 'load_model_weights',
+           'find_last_checkpoint', 'init_distributed_mode', 'is_distributed', 'get_rank', 'get_world_size',
+           'all_gather_grad', 'gather_in_order', 'all_gather_objects', 'convert_sync_batchnorm']
 
 
 class AverageMeter:
@@ -33,6 +35,26 @@ class AverageMeter:
         self.sum += val * n
         self.count += n
         self.avg = self.sum / self.count
+
+
+class Progress:
+    """Rate and time left of a loop over `total` items (images, batches...)."""
+
+    def __init__(self, total):
+        self.total, self.done, self.start = total, 0, time.time()
+
+    def update(self, n):
+        self.done += n
+
+    @property
+    def rate(self):
+        """Items per second so far."""
+        return self.done / max(time.time() - self.start, 1e-9)
+
+    def eta(self, remaining=None):
+        """Time left for `remaining` items (default: the rest of this loop), as h:mm:ss."""
+        remaining = self.total - self.done if remaining is None else remaining
+        return str(datetime.timedelta(seconds=round(remaining / max(self.rate, 1e-9))))
 
 
 class _Tee:
@@ -97,7 +119,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def _write_atomic(path, write):
+def write_atomic(path, write):
     """Write a file through a temporary file in the same directory, fsync it, then rename it
     over `path`: a crash at any moment leaves either the old file or the new one, whole."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -122,14 +144,14 @@ def _write_atomic(path, write):
 
 
 def save_checkpoint(state, path):
-    _write_atomic(path, lambda f: torch.save(state, f))
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def copy_file_atomic(src, dst):
     def write(f):
         with open(src, 'rb') as source:
             shutil.copyfileobj(source, f)
-    _write_atomic(dst, write)
+    write_atomic(dst, write)
 
 
 # What released checkpoints pickle besides tensors and containers: the 2018 code stored

@@ -28,7 +28,7 @@ import engine  # noqa: E402
 import models  # noqa: E402
 from dataset_loader import read_image  # noqa: E402
 from losses import ReIDLoss  # noqa: E402
-from transforms import build_transforms  # noqa: E402
+from transforms import Compose, Normalize, RandomErasing, ToDtype, build_transforms  # noqa: E402
 
 MODES = ('fp32', 'amp', 'channels_last', 'amp+channels_last', 'compile')
 
@@ -60,16 +60,25 @@ def images_per_second(function, items, repeat=2):
 
 def loader_rows(args):
     train, _ = build_transforms(args.height, args.width, args.augment, args.random_erasing)
+    # What would stay in the worker if conversion and normalisation ran on the device.
+    to_uint8 = Compose([t for t in train.transforms if not isinstance(t, (ToDtype, Normalize, RandomErasing))])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
     with tempfile.TemporaryDirectory() as folder:
         paths = write_jpegs(folder, args.images)
         size = sum(os.path.getsize(p) for p in paths) / len(paths) / 1024
-        print(f'{len(paths)} JPEGs of 128 x 64, {size:.1f} KB each on average; one process (= one loader worker)')
-        return [
+        print(f'{len(paths)} JPEGs of 128 x 64, {size:.1f} KB each on average; one process, one thread '
+              f'(= one loader worker)')
+        rows = [
             ('decode, PIL (dataset_loader.read_image)', images_per_second(read_image, paths)),
             ('decode, torchvision.io.decode_jpeg', images_per_second(lambda p: decode_jpeg(read_file(p)), paths)),
             (f'decode + train transform ({args.augment}, erasing {args.random_erasing}) -> normalised float',
              images_per_second(lambda p: train(read_image(p)), paths)),
+            ('decode + train transform up to the uint8 tensor (no float conversion, normalisation, erasing)',
+             images_per_second(lambda p: to_uint8(read_image(p)), paths)),
         ]
+    torch.set_num_threads(threads)
+    return rows
 
 
 def step_rate(args, mode):

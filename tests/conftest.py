@@ -43,16 +43,48 @@ def _real_tree(tmp_path_factory, tool, name):
     return root
 
 
-@pytest.fixture(scope='session')
-def real_market_root(tmp_path_factory):
-    """A full-size Market-1501 tree with the real file names."""
-    return _real_tree(tmp_path_factory, 'make_market1501.py', 'market1501')
+def _real_tree_fixture(tool, name, doc):
+    """A session fixture building <tmp>/<name> once with ../shared/tools/<tool>."""
+    def fixture(tmp_path_factory):
+        return _real_tree(tmp_path_factory, tool, name)
+    fixture.__doc__ = doc
+    return pytest.fixture(scope='session')(fixture)
+
+
+real_market_root = _real_tree_fixture(
+    'make_market1501.py', 'market1501',
+    'A full-size Market-1501 tree with the real file names.')
+real_mars_root = _real_tree_fixture(
+    'make_mars.py', 'mars',
+    'A full-size MARS tree from the official info/*.mat files (1.19 M images).')
+real_dukemtmcreid_root = _real_tree_fixture(
+    'make_dukemtmcreid.py', 'dukemtmc-reid',
+    'A full-size DukeMTMC-reID tree with the real file names.')
+real_cuhk03_root = _real_tree_fixture(
+    'make_cuhk03.py', 'cuhk03',
+    'A full-size cuhk-03.mat (tiny images, real occupancy, synthetic testsets) and the real protocol files.')
+real_msmt17_root = _real_tree_fixture(
+    'make_msmt17.py', 'msmt17',
+    'A full-size MSMT17_V1 tree from the real lists.')
+real_ilidsvid_root = _real_tree_fixture(
+    'make_ilidsvid.py', 'ilids-vid',
+    'A full-size iLIDS-VID tree (real persons and frame counts) and the official split file.')
+real_prid2011_root = _real_tree_fixture(
+    'make_prid2011.py', 'prid2011',
+    "A full-size PRID2011 multi_shot tree (real frame counts) and torchreid's split file.")
+real_dukemtmcvidreid_root = _real_tree_fixture(
+    'make_dukemtmcvidreid.py', 'dukemtmc-vidreid',
+    'A full-size DukeMTMC-VideoReID tree from the real tracklet tables (927k linked frames).')
 
 
 @pytest.fixture(scope='session')
-def real_mars_root(tmp_path_factory):
-    """A full-size MARS tree from the official info/*.mat files (1.19 M images)."""
-    return _real_tree(tmp_path_factory, 'make_mars.py', 'mars')
+def synthetic_benchmarks_root(tmp_path_factory):
+    """Tiny generated trees of the six further benchmarks, each in its real layout under one root."""
+    root = tmp_path_factory.mktemp('synthetic_benchmarks')
+    for name in ('dukemtmcreid', 'cuhk03', 'msmt17', 'ilidsvid', 'prid2011', 'dukemtmcvidreid'):
+        folder, maker = synthetic_data.MAKERS[name]
+        maker(root / folder, seed=5)
+    return root
 
 
 # Flags that make the scripts quick on a 2-core CPU: small images, random init, no workers.
@@ -78,3 +110,13 @@ def parse_results(stdout):
 
 def parse_epoch_losses(stdout):
     return [float(x) for x in re.findall(r'^Epoch \d+ done: loss ([\d.]+)', stdout, re.M)]
+
+
+@pytest.fixture(scope='session')
+def untrained_mAP(synthetic_root, tmp_path_factory):
+    """mAP of the randomly initialised model (same seed), per dataset."""
+    save_dir = tmp_path_factory.mktemp('untrained')
+    image = run_script('train_img_model_xent.py', *FAST, '--root', synthetic_root, '--evaluate', '--save-dir', save_dir)
+    video = run_script('train_vid_model_xent.py', *FAST, '--root', synthetic_root, '--seq-len', '4',
+                       '--evaluate', '--save-dir', save_dir)
+    return {'market1501': parse_results(image.stdout)[0][0], 'mars': parse_results(video.stdout)[0][0]}

@@ -22,3 +22,23 @@ def reference_evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50)
     if not all_ap:
         return np.zeros(max_rank), 0.0, 0.0, 0
     return np.mean(all_cmc, axis=0), np.mean(all_ap), np.mean(all_inp), len(all_ap)
+
+
+def reference_verification(distmat, q_pids, g_pids, q_camids, g_camids, fprs):
+    """((fpr, tpr, threshold), ...) straight from the definition: over every (query, gallery)
+    pair but junk (same pid and camera), the largest float32 threshold t with
+    #negatives(d <= t) <= floor(fpr * #negatives), searched among every distance value and the
+    float just below each; tpr = #positives(d <= t) / #positives."""
+    distmat = np.asarray(distmat, dtype=np.float32)
+    same_pid = q_pids[:, None] == g_pids[None, :]
+    junk = same_pid & (q_camids[:, None] == g_camids[None, :])
+    positives = distmat[same_pid & ~junk]
+    negatives = distmat[~same_pid]
+    values = np.unique(distmat)
+    candidates = np.concatenate([values, np.nextafter(values, np.float32(-np.inf))])
+    accepted_negatives = np.searchsorted(np.sort(negatives), candidates, side='right')  # #neg <= t
+    out = []
+    for fpr in fprs:
+        best = candidates[accepted_negatives <= np.floor(fpr * len(negatives))].max()
+        out.append((fpr, np.mean(positives <= best), float(best)))
+    return tuple(out)

@@ -130,8 +130,8 @@ def test_mars_rows_outside_name_file(synthetic_root, tmp_path):
 
 
 def test_unknown_dataset_lists_known_ones():
-    with pytest.raises(DatasetError, match='market1501, mars'):
-        data_manager.init_dataset('cuhk03')
+    with pytest.raises(DatasetError, match='market1501, dukemtmcreid, cuhk03, msmt17, mars'):
+        data_manager.init_dataset('cuhk04')
 
 
 def test_generator_is_deterministic(tmp_path):

@@ -184,3 +184,11 @@ def test_torchrun_sigkill_of_a_worker_resumes_to_the_same_weights(synthetic_root
                         '--resume', tmp_path / 'a' / 'checkpoint_last.pth.tar', '--save-dir', tmp_path / 'eval')
     assert parse_results(single.stdout) == parse_results(uninterrupted)
     assert 'obtained 73-by-2048 matrix' in uninterrupted
+
+
+def test_compiled_model_trains_the_plain_module_that_checkpoints_save():
+    model = models.init_model('resnet50', num_classes=4, pretrained=False)
+    args = SimpleNamespace(sync_bn=False, distributed=False, compile=True)
+    wrapped = engine.wrap_for_training(model, torch.device('cpu'), args)  # compiles lazily: nothing runs
+    assert wrapped is not model and wrapped._orig_mod is model
+    assert set(model.state_dict()) == set(models.init_model('resnet50', num_classes=4, pretrained=False).state_dict())

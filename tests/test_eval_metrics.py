@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from eval_metrics import (NoValidQueryError, evaluate, evaluate_blocks, evaluate_features,
-                          squared_euclidean)
-from reference_metrics import reference_evaluate
+from eval_metrics import (NoValidQueryError, ReIDMetrics, evaluate, evaluate_blocks, evaluate_features,
+                          format_verification, pairwise_distance, squared_euclidean)
+from reference_metrics import reference_evaluate, reference_verification
 
 
 def assert_same(fast, reference, tol=1e-6):
@@ -21,9 +21,9 @@ def random_problem(rng, num_query, num_gallery, num_pids=8, num_cams=3):
 
 
 
-@pytest.mark.parametrize('kind', ['continuous', 'ties', 'wide-range', 'negative'])
+@pytest.mark.parametrize('kind', ['continuous', 'ties', 'wide-range', 'negative', 'infinite'])
 def test_matches_reference_on_random_cases(kind):
-    rng = np.random.default_rng({'continuous': 0, 'ties': 1, 'wide-range': 2, 'negative': 3}[kind])
+    rng = np.random.default_rng({'continuous': 0, 'ties': 1, 'wide-range': 2, 'negative': 3, 'infinite': 4}[kind])
     checked = 0
     for _ in range(60):
         nq, ng = rng.integers(1, 30), rng.integers(1, 70)
@@ -34,9 +34,13 @@ def test_matches_reference_on_random_cases(kind):
             distmat = rng.integers(0, 4, (nq, ng)).astype(np.float32)
         elif kind == 'wide-range':  # spans every float exponent: exercises the bucket bounds
             distmat = (rng.random((nq, ng)) * 10.0 ** rng.uniform(-38, 38, (nq, ng))).astype(np.float32)
-        else:
+        elif kind == 'negative':
             distmat = rng.standard_normal((nq, ng)).astype(np.float32)
             distmat[0, :1] = -0.0
+        else:  # some entries (true matches among them) at +-inf, e.g. masked by the caller
+            distmat = rng.random((nq, ng), dtype=np.float32)
+            distmat[rng.random((nq, ng)) < 0.1] = np.inf
+            distmat[rng.random((nq, ng)) < 0.05] = -np.inf
         ref = reference_evaluate(distmat, *labels, max_rank=10)
         if ref[3] == 0:
             with pytest.raises(NoValidQueryError):
@@ -73,12 +77,14 @@ def test_hand_computed_case():
     assert result.mAP == pytest.approx(0.75)
     assert result.mINP == pytest.approx(0.75)
     np.testing.assert_allclose(result.cmc, [0.5, 1.0, 1.0])
+    np.testing.assert_allclose(result.ap, [0.5, 1.0])
 
 
 def test_queries_without_match_are_skipped_and_counted(capsys):
     distmat = np.array([[0.1, 0.2], [0.3, 0.1]], np.float32)
     result = evaluate(distmat, np.array([1, 5]), np.array([1, 2]), np.array([0, 0]), np.array([1, 1]))
     assert result.num_valid == 1 and result.mAP == 1.0
+    assert result.ap[0] == 1.0 and np.isnan(result.ap[1])
     assert '1 of 2 queries have no true match' in capsys.readouterr().out
 
 
@@ -138,3 +144,85 @@ def test_market_scale_matches_reference_on_sampled_rows():
     distmat = squared_euclidean(qf, gf).numpy()
     assert_same(evaluate(distmat, q_pids, g_pids, q_cams, g_cams, verbose=False),
                 reference_evaluate(distmat, q_pids, g_pids, q_cams, g_cams))
+
+
+def test_verification_matches_reference():
+    """Ties, distractor pids, junk, queries without a true match, several blocks (so the held
+    negatives are cut back), and FPRs that allow from 0 to half of the negatives."""
+    rng = np.random.default_rng(7)
+    checked = 0
+    for trial in range(24):
+        nq, ng = rng.integers(2, 25), rng.integers(5, 60)
+        # pids 0-9 in the gallery, 0-11 in the queries: distractors and no-match queries.
+        labels = (rng.integers(0, 12, nq), rng.integers(0, 10, ng), rng.integers(0, 3, nq), rng.integers(0, 3, ng))
+        if trial % 2:
+            distmat = rng.integers(0, 5, (nq, ng)).astype(np.float32)
+        else:
+            distmat = rng.standard_normal((nq, ng)).astype(np.float32)
+        if reference_evaluate(distmat, *labels)[3] == 0:
+            continue
+        blocks = [(s, distmat[s:s + 3]) for s in range(0, nq, 3)]
+        for fprs in ((1e-4, 0.01, 0.05, 0.2, 0.5), (1e-3, 0.02)):
+            expected = reference_verification(distmat, *labels, fprs)
+            for result in (evaluate(distmat, *labels, verbose=False, fprs=fprs),
+                           evaluate_blocks(blocks, *labels, verbose=False, fprs=fprs)):
+                assert [f for f, _, _ in result.verification] == list(fprs)
+                for (_, tpr, threshold), (_, ref_tpr, ref_threshold) in zip(result.verification, expected):
+                    assert tpr == pytest.approx(ref_tpr, abs=1e-12) and threshold == ref_threshold
+        checked += 1
+    assert checked > 18
+
+
+def test_verification_threshold_rejects_ties():
+    # One query (pid 1, camera 0); gallery: 4 negatives (pid 2) and 3 true matches (camera 1),
+    # plus a junk entry at 0.0 that must not count as a true match.
+    g_pids = np.array([2, 2, 2, 2, 1, 1, 1, 1])
+    g_cams = np.array([1, 1, 1, 1, 1, 1, 1, 0])
+    distmat = np.array([[0.1, 0.2, 0.2, 0.3, 0.05, 0.2, 0.25, 0.0]], np.float32)
+    result = evaluate(distmat, np.array([1]), g_pids, np.array([0]), g_cams, verbose=False,
+                      fprs=(0.25, 0.5, 0.75))
+    below = float(np.nextafter(np.float32(0.2), np.float32(-1)))
+    # FPR 0.25: 1 negative may pass -> just below the second (0.2): only 0.05 accepted.
+    # FPR 0.5: 2 may pass, but the 2nd and 3rd tie at 0.2, so both are rejected: same threshold.
+    # FPR 0.75: 3 may pass -> just below 0.3: 0.05, 0.2 and 0.25 accepted.
+    below_03 = float(np.nextafter(np.float32(0.3), np.float32(-1)))
+    assert result.verification == ((0.25, 1 / 3, below), (0.5, 1 / 3, below), (0.75, 1.0, below_03))
+    lines = format_verification(result)
+    assert lines[1] == 'TPR@FPR=2e-01: 33.3% (threshold 0.2)'  # 0.2's predecessor, to 6 digits
+    assert len(lines) == 4 and 'distance <= threshold' in lines[0]
+
+
+def test_verification_is_optional_and_metrics_stay_compatible():
+    distmat = np.array([[0.1, 0.2]], np.float32)
+    labels = np.array([1]), np.array([1, 2]), np.array([0]), np.array([1, 1])
+    assert evaluate(distmat, *labels, fprs=()).verification == ()
+    assert format_verification(evaluate(distmat, *labels, fprs=())) == []
+    with pytest.raises(ValueError, match='fprs'):
+        evaluate(distmat, *labels, fprs=(0.0,))
+    # Code that builds or unpacks the first four fields keeps working.
+    assert ReIDMetrics(np.ones(1), 1.0, 1.0, 1).verification == ()
+
+
+def test_cosine_metric_matches_reference():
+    torch.manual_seed(1)
+    rng = np.random.default_rng(1)
+    qf, gf = torch.randn(30, 12) * torch.rand(30, 1) * 5, torch.randn(70, 12) * torch.rand(70, 1) * 5
+    q, g = qf.double().numpy(), gf.double().numpy()
+    cosine = 1 - (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (g / np.linalg.norm(g, axis=1, keepdims=True)).T
+    np.testing.assert_allclose(pairwise_distance(qf, gf, 'cosine').numpy(), cosine, atol=1e-6)
+    labels = random_problem(rng, 30, 70)
+    # Random 12-d directions leave gaps far above float32 rounding between distances in a row,
+    # so the float64 reference ranks the same way.
+    for block in (7, 256):
+        result = evaluate_features(qf, gf, *labels, block_size=block, verbose=False, metric='cosine')
+        assert_same(result, reference_evaluate(cosine, *labels))
+    # Cosine ignores feature norms, squared Euclidean does not.
+    euclidean = evaluate_features(qf, gf, *labels, verbose=False)
+    assert euclidean.mAP != result.mAP
+    assert_same(euclidean, reference_evaluate(((q[:, None] - g[None]) ** 2).sum(-1), *labels))
+
+
+def test_unknown_metric_is_an_error():
+    with pytest.raises(ValueError, match="'manhattan'.*euclidean, cosine"):
+        evaluate_features(torch.ones(2, 3), torch.ones(4, 3), np.zeros(2), np.zeros(4), np.zeros(2), np.ones(4),
+                          metric='manhattan')

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import engine
 import models
 from conftest import FAST, parse_epoch_losses, parse_results, run_script, shared_path
 
@@ -15,16 +16,6 @@ SCRIPTS = {
     'vid_xent': ('train_vid_model_xent.py', ['-d', 'mars', '--seq-len', '4', '--max-epoch', '4', '--eval-step', '2']),
     'vid_htri': ('train_vid_model_xent_htri.py', ['-d', 'mars', '--seq-len', '4', '--max-epoch', '4', '--eval-step', '2']),
 }
-
-
-@pytest.fixture(scope='module')
-def untrained_mAP(synthetic_root, tmp_path_factory):
-    """mAP of the randomly initialised model (same seed), per dataset."""
-    save_dir = tmp_path_factory.mktemp('untrained')
-    image = run_script('train_img_model_xent.py', *FAST, '--root', synthetic_root, '--evaluate', '--save-dir', save_dir)
-    video = run_script('train_vid_model_xent.py', *FAST, '--root', synthetic_root, '--seq-len', '4',
-                       '--evaluate', '--save-dir', save_dir)
-    return {'market1501': parse_results(image.stdout)[0][0], 'mars': parse_results(video.stdout)[0][0]}
 
 
 @pytest.fixture(scope='module')
@@ -87,7 +78,8 @@ def test_resume_continues_and_is_exact(synthetic_root, tmp_path):
     assert 'Resuming training from epoch 3' in second.stdout and '==> Epoch 1/' not in second.stdout
 
     def lines(stdout):
-        return [l for l in stdout.splitlines() if l.startswith(('Batch', 'mAP', 'Rank-'))]
+        # Batch lines without their timing (images/s, ETA): what was computed, not how fast.
+        return [l.split('\t')[:2] for l in stdout.splitlines() if l.startswith(('Batch', 'mAP', 'Rank-'))]
     assert lines(full.stdout) == lines(first.stdout) + lines(second.stdout)
     a = torch.load(tmp_path / 'a' / 'checkpoint_ep4.pth.tar', weights_only=True)
     b = torch.load(tmp_path / 'b' / 'checkpoint_ep4.pth.tar', weights_only=True)
@@ -128,3 +120,15 @@ def test_video_clip_training_and_all_frame_testing(synthetic_root, tmp_path):
                         '--save-dir', tmp_path)
     assert 'Extracted features for query set, obtained 24-by-2048 matrix' in result.stdout
     assert len(parse_results(result.stdout)) == 2
+
+
+def test_progress_lines(trained, capsys):
+    stdout, _ = trained['img_xent']
+    assert re.search(r'^Batch 1/\d+\t Loss [\d.]+ \([\d.]+\)\t [\d.]+ img/s, ETA epoch \d+:\d\d:\d\d, run \d+:\d\d:\d\d$',
+                     stdout, re.M)
+    model = models.init_model('resnet50', 3, pretrained=False)
+    loader = torch.utils.data.DataLoader([(torch.randn(3, 64, 32), 0, 0)] * 6, batch_size=2)
+    engine.extract_features(model, loader, torch.device('cpu'), split='gallery', every=0)
+    lines = capsys.readouterr().out.splitlines()
+    assert [l.split(',')[0] for l in lines] == ['  gallery features: 2/6', '  gallery features: 4/6']
+    assert all(re.search(r'[\d.]+/s, ETA \d+:\d\d:\d\d$', l) for l in lines)

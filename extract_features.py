@@ -1,0 +1,165 @@
+"""Extract re-ID features of a folder or a list of images with a trained checkpoint.
+
+    python extract_features.py --resume log/bot-market1501/best_model.pth.tar \\
+        --input data/market1501/query --output query_feats.npz
+
+--input: a folder (every image below it, sorted by path) or a text file with one image path per
+line. For a video checkpoint each item is a tracklet: every folder that holds images is one
+(frames sorted by name), or in a list file one line of frame paths separated by spaces.
+--output by extension: .npz (arrays 'features' (N, D) float32 and 'paths' (N,)), .h5 (datasets
+'features' and 'paths'), or .npy (the features; the paths go to a .txt file beside it, one a line).
+The features are those of the evaluation (feature_extractor.FeatureExtractor): rank them by
+squared Euclidean distance.
+"""
+import argparse
+import datetime
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import h5py
+import numpy as np
+import torch
+
+import utils
+from dataset_loader import ImageReadError, read_image
+from feature_extractor import FeatureExtractor
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
+OUTPUT_EXTENSIONS = ('.npz', '.h5', '.npy')
+
+
+class InputError(Exception):
+    """The input or output cannot be used as given."""
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--resume', required=True, metavar='CKPT', help='checkpoint of a training script')
+    parser.add_argument('--input', required=True, metavar='DIR|LIST.txt', help='image folder or list file')
+    parser.add_argument('--output', required=True, metavar='FILE', help='features file: .npz, .h5 or .npy')
+    parser.add_argument('--batch-size', type=int, default=64, help='images per forward pass (default: %(default)s)')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                        help='cpu, cuda or cuda:N (default: %(default)s)')
+    parser.add_argument('--amp', action='store_true', help='bfloat16 autocast on CUDA')
+    parser.add_argument('--workers', type=int, default=4, help='image reading threads (default: %(default)s)')
+    parser.add_argument('--skip-bad-images', action='store_true',
+                        help='skip unreadable images (listed at the end) instead of stopping')
+    return parser
+
+
+def is_image(name):
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_inputs(path, video):
+    """(items, names): images, or tracklets (lists of frame paths) for video, and one name per
+    item to store with its feature (the image path; a tracklet's folder or list line)."""
+    if os.path.isdir(path):
+        folders = []
+        for folder, subfolders, files in os.walk(path):
+            subfolders.sort()
+            images = [os.path.join(folder, name) for name in sorted(files) if is_image(name)]
+            if images:
+                folders.append((folder, images))
+        if video:
+            items, names = [images for _, images in folders], [folder for folder, _ in folders]
+        else:
+            items = names = [image for _, images in folders for image in images]
+        if not items:
+            raise InputError(f'--input {path}: no image ({", ".join(IMAGE_EXTENSIONS)}) in this folder')
+        return items, names
+    if not os.path.isfile(path):
+        raise InputError(f'--input {path}: no such folder or file')
+    with open(path) as f:
+        lines = [line.strip() for line in f if line.strip() and not line.startswith('#')]
+    if not lines:
+        raise InputError(f'--input {path}: the list is empty (one image path per line)')
+    return ([line.split() for line in lines] if video else lines), lines
+
+
+def write_features(path, features, names):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if path.endswith('.npz'):
+        np.savez(path, features=features, paths=np.array(names))
+    elif path.endswith('.h5'):
+        with h5py.File(path, 'w') as f:
+            f.create_dataset('features', data=features)
+            f.create_dataset('paths', data=names, dtype=h5py.string_dtype())
+    else:
+        np.save(path, features)
+        with open(path[:-len('.npy')] + '.txt', 'w') as f:
+            f.writelines(name + '\n' for name in names)
+
+
+def extract(args):
+    if not args.output.endswith(OUTPUT_EXTENSIONS):
+        raise InputError(f'--output {args.output}: use a .npz, .h5 or .npy file name')
+    if torch.device(args.device).type == 'cuda' and not torch.cuda.is_available():
+        raise InputError(f'--device {args.device}: CUDA is not available here; use --device cpu')
+    extractor = FeatureExtractor(args.resume, device=args.device, batch_size=args.batch_size, amp=args.amp)
+    items, names = list_inputs(args.input, extractor.video)
+    unit = 'tracklets' if extractor.video else 'images'
+    print(f'Extracting {extractor.feat_dim}-d features of {len(items)} {unit} from {args.input} on {args.device}')
+
+    def load(item):
+        """The decoded image, or frames, of one item; or the ImageReadError of a bad one."""
+        try:
+            if extractor.video:
+                return [read_image(frame) for frame in extractor.select_frames(item)]
+            return read_image(item)
+        except ImageReadError as error:
+            if not args.skip_bad_images:
+                raise ImageReadError(f'{error} Or pass --skip-bad-images to skip unreadable ones.') from error
+            return error
+
+    # Tracklets are batched so that about batch_size frames go through per chunk.
+    per_chunk = max(1, args.batch_size // extractor.config['seq_len']) if extractor.video else args.batch_size
+    features, kept, skipped = [], [], []
+    start = last_print = time.time()
+    with ThreadPoolExecutor(max(1, args.workers)) as pool:
+        def submit(first):
+            return [pool.submit(load, item) for item in items[first:first + per_chunk]]
+
+        futures = submit(0)
+        for first in range(0, len(items), per_chunk):
+            loaded = zip(names[first:first + per_chunk], [future.result() for future in futures])
+            futures = submit(first + per_chunk)  # read the next chunk while this one is computed
+            good = []
+            for name, x in loaded:
+                (skipped if isinstance(x, ImageReadError) else good).append((name, x))
+            if good:
+                features.append(extractor([x for _, x in good]))
+                kept += [name for name, _ in good]
+            done = min(first + per_chunk, len(items))
+            if time.time() - last_print >= 5 or done == len(items):
+                rate = done / (time.time() - start)
+                eta = datetime.timedelta(seconds=round((len(items) - done) / rate))
+                print(f'Extracted {done}/{len(items)} {unit}  {rate:.1f} {unit}/s  ETA {eta}', flush=True)
+                last_print = time.time()
+    if skipped:
+        print(f'Skipped {len(skipped)} unreadable {unit}:')
+        for name, error in skipped:
+            print(f'  {name}: {error}' if extractor.video else f'  {error}')
+    if not kept:
+        raise InputError(f'no readable {unit[:-1]} in --input {args.input}')
+    features = np.concatenate(features)
+    write_features(args.output, features, kept)
+    print(f'Wrote {features.shape[0]}-by-{features.shape[1]} features to {args.output}')
+
+
+def main():
+    parser = get_args_parser()
+    args = parser.parse_args()
+    if args.batch_size < 1:
+        parser.error(f'--batch-size must be positive, got {args.batch_size}')
+    try:
+        extract(args)
+    except (InputError, ImageReadError, utils.CheckpointError) as error:
+        print(f'error: {error}', file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == '__main__':
+    main()
