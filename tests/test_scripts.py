@@ -54,7 +54,7 @@ def test_output_checkpoints_and_log(name, trained):
         checkpoint = torch.load(save_dir / f'checkpoint_ep{epoch}.pth.tar', weights_only=True)
         assert checkpoint['epoch'] == epoch and 0 <= checkpoint['rank1'] <= 1 and 0 <= checkpoint['mAP'] <= 1
         assert not any(k.startswith('module.') for k in checkpoint['state_dict'])
-        assert {'optimizer', 'scheduler', 'rng', 'args'} <= set(checkpoint)
+        assert {'optimizer', 'rng', 'args', 'model'} <= set(checkpoint)
     assert (save_dir / 'best_model.pth.tar').exists()
     assert (save_dir / 'log_train.txt').read_text().strip().endswith(stdout.strip().splitlines()[-1])
 
