@@ -462,8 +462,8 @@ def restore_training_state(checkpoint, model, criterion, optimizer, center_optim
     return checkpoint['epoch'], checkpoint['best_rank1'], checkpoint['best_epoch']
 
 
-def save_training_state(model, criterion, optimizer, center_optimizer, scaler, scheduler, epoch, best, args,
-                        video, result=None):
+def save_training_state(model, criterion, optimizer, center_optimizer, scaler, epoch, best, args, video,
+                        result=None):
     """Checkpoint after `epoch` (1-based) on rank 0, atomically: checkpoint_ep{epoch} at an
     evaluation (result = (rank1, mAP, is_best), given on every rank; best_model too when
     is_best), and checkpoint_last every --save-freq epochs and at the end. Every rank must call
@@ -475,7 +475,7 @@ def save_training_state(model, criterion, optimizer, center_optimizer, scaler, s
     state = {
         'state_dict': model.state_dict(), 'epoch': epoch, 'arch': args.arch,
         'model': options.model_config(args, video), 'best_rank1': float(best[0]), 'best_epoch': best[1],
-        'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(), 'args': vars(args),
+        'optimizer': optimizer.state_dict(), 'args': vars(args),
     }
     rng_ranks = utils.all_gather_objects(utils.rng_state())
     state['rng'] = rng_ranks[0]
@@ -589,8 +589,8 @@ def run(args, *, video, loss, build_criterion):
                 if is_best:
                     best_rank1, best_epoch = rank1, epoch + 1
                 result = (rank1, mAP, is_best)
-            written = save_training_state(model, criterion, optimizer, center_optimizer, scaler, scheduler,
-                                          epoch + 1, (best_rank1, best_epoch), args, video, result)
+            written = save_training_state(model, criterion, optimizer, center_optimizer, scaler, epoch + 1,
+                                          (best_rank1, best_epoch), args, video, result)
             last_checkpoint = written or last_checkpoint
     except KeyboardInterrupt:
         print(f'\nInterrupted. Last checkpoint: {last_checkpoint or "none written yet"}')
