@@ -126,7 +126,7 @@ def test_center_loss_value_gradients_and_center_update():
     assert torch.allclose(features.grad, torch.tensor([[2.0, 4.0], [4.0, 0.0], [-2.0, -2.0]]) / 3)
     assert torch.allclose(loss_fn.centers.grad, torch.tensor([[-2.0, -4.0], [-2.0, 2.0]]) / 3)
 
-    # Through the training loop: the network sees W x center loss, the centers step at
+    # Through a training step: the network sees W x center loss, the centers step at
     # --center-lr on the unweighted gradient (rescaled by 1 / W).
     class Fixed(torch.nn.Module):
         def __init__(self):
@@ -143,9 +143,8 @@ def test_center_loss_value_gradients_and_center_update():
     model = Fixed()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     center_optimizer = torch.optim.SGD(criterion.center.parameters(), lr=center_lr)
-    args = types.SimpleNamespace(amp=False, lr=0.0, print_freq=100)
-    engine.train_one_epoch(0, model, criterion, optimizer, center_optimizer, [(torch.zeros(3), targets, None)],
-                           torch.device('cpu'), args)
+    scaler = torch.amp.GradScaler('cpu', enabled=False)
+    engine.train_step(model, criterion, optimizer, center_optimizer, scaler, torch.zeros(3), targets, None)
     expected = torch.tensor([[0.0, 0.0], [1.0, 1.0]]) - center_lr * torch.tensor([[-2.0, -4.0], [-2.0, 2.0]]) / 3
     assert torch.allclose(criterion.center.centers, expected, atol=1e-6)
 
