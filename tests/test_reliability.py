@@ -208,7 +208,7 @@ def test_ctrl_c_exits_cleanly_naming_the_last_checkpoint(synthetic_root, tmp_pat
         if line.startswith('==> Epoch 2/'):
             break
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
+    stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 130
     assert f'Interrupted. Last checkpoint: {tmp_path / "checkpoint_last.pth.tar"}' in stdout
     assert 'Traceback' not in stderr
