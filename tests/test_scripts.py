@@ -14,7 +14,7 @@ SCRIPTS = {
     'img_xent': ('train_img_model_xent.py', ['-d', 'market1501', '--max-epoch', '20', '--eval-step', '10']),
     'img_htri': ('train_img_model_xent_htri.py', ['-d', 'market1501', '--max-epoch', '12', '--eval-step', '6']),
     'vid_xent': ('train_vid_model_xent.py', ['-d', 'mars', '--seq-len', '4', '--max-epoch', '4', '--eval-step', '2']),
-    'vid_htri': ('train_vid_model_xent_htri.py', ['-d', 'mars', '--seq-len', '4', '--max-epoch', '4', '--eval-step', '2']),
+    'vid_htri': ('train_vid_model_xent_htri.py', ['-d', 'mars', '--seq-len', '4', '--max-epoch', '6', '--eval-step', '3']),
 }
 
 
