@@ -27,7 +27,7 @@ from dataset_loader import ImageDataset, ImageReadError, VideoDataset, frames_of
 from eval_metrics import (NoValidQueryError, evaluate_blocks, evaluate_features, format_verification,
                           pairwise_distance)
 from samplers import RandomIdentitySampler
-from transforms import build_transforms
+from transforms import build_transforms, normalize
 
 RANKS = (1, 5, 10, 20)
 
@@ -221,6 +221,7 @@ def train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, scaler
         imgs, pids = imgs.to(device, non_blocking=True), pids.to(device, non_blocking=True)
         if imgs.dim() == 4:
             imgs = imgs.contiguous(memory_format=channels_last)
+        imgs = normalize(imgs)
         loss = train_step(model, criterion, optimizer, center_optimizer, scaler, imgs, pids, amp_dtype)
         loss_sum += loss
         first_bad = torch.where(torch.isfinite(loss) | (first_bad < batch_idx), first_bad, batch_idx)
@@ -269,7 +270,7 @@ def extract_features(model, loader, device, flip=False, pool='avg', chunk=64, sp
     features, pids, camids = [], [], []
     progress, last_print = utils.Progress(len(loader.dataset)), time.time()
     for imgs, batch_pids, batch_camids in loader:
-        imgs = imgs.to(device, non_blocking=True)
+        imgs = normalize(imgs.to(device, non_blocking=True))
         if imgs.dim() == 5:
             frames = imgs.flatten(0, 1)
             dataset = loader.dataset.dataset if isinstance(loader.dataset, Subset) else loader.dataset

@@ -15,7 +15,7 @@ from PIL import Image
 import models
 import utils
 from dataset_loader import VideoDataset, read_image
-from transforms import build_transforms
+from transforms import build_transforms, normalize
 
 __all__ = ['FeatureExtractor', 'feature_net']
 
@@ -66,7 +66,8 @@ class FeatureExtractor:
         return [tracklet[i] for i in self._sampler.frame_indices(len(tracklet)).tolist()]
 
     def preprocess(self, image, bgr=False):
-        """One image -> normalised (3, height, width) tensor.
+        """One image -> (3, height, width) uint8 tensor, resized as in testing (the forward pass
+        normalises it on the device).
 
         image: a file path, a PIL image, or an (H, W, 3) uint8 array, RGB, or BGR with bgr=True
         (OpenCV's order). Arrays go through PIL like files do, so the resize is the same.
@@ -85,11 +86,11 @@ class FeatureExtractor:
 
     @torch.inference_mode()
     def _forward(self, images):
-        """(N, 3, H, W) -> (N, D) float32 per-image features, batch_size images at a time."""
+        """(N, 3, H, W) uint8 -> (N, D) float32 per-image features, batch_size images at a time."""
         features = []
         for batch in images.split(self.batch_size):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                features.append(self.net(batch.to(self.device)).float())
+                features.append(self.net(normalize(batch.to(self.device))).float())
         return torch.cat(features)
 
     def __call__(self, items, bgr=False):

@@ -6,8 +6,13 @@ alone (engine.train_step) for float32 / --amp / --channels-last / --compile.
 
 The loader rows run in this one process, so they are what each DataLoader worker delivers:
 N workers feed at most N times that. Images are Market-1501-sized JPEGs (128 x 64, written
-here), trained at --height x --width. The step rows time ResNet-50 on random batches (the
-loader is not involved). Every row prints the command line that measures it alone.
+here), trained at --height x --width. The workers hand over uint8 images (transforms.normalize
+runs on the device); the 'before' row is the same work with the float conversion and
+normalisation in the worker. The torchvision.io rows are for comparison: the loader keeps PIL,
+because torchvision deprecated its image decoders in 0.29 (for TorchCodec, a further dependency).
+The DataLoader rows are the real loader with N worker processes, after its first batch.
+The step rows time ResNet-50 on random batches (the loader is not involved). Every row prints
+the command line that measures it alone.
 """
 import argparse
 import os
@@ -20,15 +25,17 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 from torchvision.io import decode_jpeg, read_file
+from torchvision.transforms.v2 import Compose, Normalize, ToDtype
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
 import engine  # noqa: E402
 import models  # noqa: E402
-from dataset_loader import read_image  # noqa: E402
+from dataset_loader import ImageDataset, read_image  # noqa: E402
 from losses import ReIDLoss  # noqa: E402
-from transforms import Compose, Normalize, RandomErasing, ToDtype, build_transforms  # noqa: E402
+from transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms  # noqa: E402
 
 MODES = ('fp32', 'amp', 'channels_last', 'amp+channels_last', 'compile')
 
@@ -59,9 +66,10 @@ def images_per_second(function, items, repeat=2):
 
 
 def loader_rows(args):
+    """(name, images/s) of one loader worker's work, each way of doing it."""
     train, _ = build_transforms(args.height, args.width, args.augment, args.random_erasing)
-    # What would stay in the worker if conversion and normalisation ran on the device.
-    to_uint8 = Compose([t for t in train.transforms if not isinstance(t, (ToDtype, Normalize, RandomErasing))])
+    # The worker's work before the uint8 pipeline: conversion and normalisation per image.
+    float_train = Compose([train, ToDtype(torch.float32, scale=True), Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker
     with tempfile.TemporaryDirectory() as folder:
@@ -69,16 +77,35 @@ def loader_rows(args):
         size = sum(os.path.getsize(p) for p in paths) / len(paths) / 1024
         print(f'{len(paths)} JPEGs of 128 x 64, {size:.1f} KB each on average; one process, one thread '
               f'(= one loader worker)')
+        what = f'train transform ({args.augment}, erasing {args.random_erasing})'
         rows = [
             ('decode, PIL (dataset_loader.read_image)', images_per_second(read_image, paths)),
             ('decode, torchvision.io.decode_jpeg', images_per_second(lambda p: decode_jpeg(read_file(p)), paths)),
-            (f'decode + train transform ({args.augment}, erasing {args.random_erasing}) -> normalised float',
-             images_per_second(lambda p: train(read_image(p)), paths)),
-            ('decode + train transform up to the uint8 tensor (no float conversion, normalisation, erasing)',
-             images_per_second(lambda p: to_uint8(read_image(p)), paths)),
+            (f'PIL decode + {what} -> uint8 (the loader)', images_per_second(lambda p: train(read_image(p)), paths)),
+            (f'PIL decode + {what} -> normalised float (before)',
+             images_per_second(lambda p: float_train(read_image(p)), paths)),
+            (f'torchvision.io decode + {what} on tensors -> uint8',
+             images_per_second(lambda p: train(decode_jpeg(read_file(p))), paths)),
         ]
-    torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
+        for workers in args.workers:
+            rows.append((f'DataLoader, {workers} workers, batch 64, uint8', dataloader_rate(args, paths, workers)))
     return rows
+
+
+def dataloader_rate(args, paths, workers, batches=40):
+    """Images/s of a training DataLoader (ImageDataset, the train transform, pinned memory on
+    CUDA) in its steady state: the first batch, which waits for the workers to start, is not
+    timed. The images are read from the page cache, as a warm epoch reads them."""
+    train, _ = build_transforms(args.height, args.width, args.augment, args.random_erasing)
+    items = [(paths[i % len(paths)], 0, 0) for i in range(64 * (batches + 1))]
+    loader = DataLoader(ImageDataset(items, train), batch_size=64, shuffle=True, num_workers=workers,
+                        pin_memory=args.device == 'cuda', drop_last=True)
+    batches_iter = iter(loader)
+    next(batches_iter)
+    start = time.perf_counter()
+    count = sum(imgs.shape[0] for imgs, _, _ in batches_iter)
+    return count / (time.perf_counter() - start)
 
 
 def step_rate(args, mode):
@@ -119,6 +146,8 @@ def main():
     parser.add_argument('--augment', default='translate', choices=('translate', 'pad-crop'))
     parser.add_argument('--random-erasing', type=float, default=0.0)
     parser.add_argument('--images', type=int, default=300, help='JPEGs for the loader rows')
+    parser.add_argument('--workers', type=int, nargs='*', default=[2],
+                        help='DataLoader rows with these numbers of workers (on a GPU machine: 8 16)')
     parser.add_argument('--batch', type=int, default=32, help='train-step batch')
     parser.add_argument('--steps', type=int, default=3, help='timed train steps')
     parser.add_argument('--warmup', type=int, default=1, help='untimed train steps first (compile: several)')
@@ -131,7 +160,8 @@ def main():
         for name, rate in loader_rows(args):
             rows.append((f'loader: {name}', rate, base + ['--part', 'loader', '--images', str(args.images),
                                                          '--augment', args.augment, '--random-erasing',
-                                                         str(args.random_erasing)]))
+                                                         str(args.random_erasing), '--device', args.device,
+                                                         '--workers', *map(str, args.workers)]))
     if args.part in ('all', 'step'):
         name = torch.cuda.get_device_name() if args.device == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
         for mode in modes:

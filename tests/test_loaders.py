@@ -6,11 +6,12 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
 import data_manager
 from dataset_loader import ImageDataset, ImageReadError, VideoDataset, frames_of, read_image
 from samplers import RandomIdentitySampler
-from transforms import Random2DTranslation, build_transforms
+from transforms import IMAGENET_MEAN, IMAGENET_STD, Random2DTranslation, build_transforms, normalize
 
 
 @pytest.fixture(scope='module')
@@ -26,7 +27,7 @@ def mars(synthetic_root):
 def test_image_dataset_items(market):
     _, test_transform = build_transforms(64, 32)
     img, pid, camid = ImageDataset(market.query, test_transform)[0]
-    assert img.shape == (3, 64, 32) and img.dtype == torch.float32
+    assert img.shape == (3, 64, 32) and img.dtype == torch.uint8
     assert (pid, camid) == market.query[0][1:]
 
 
@@ -152,3 +153,20 @@ def test_random_2d_translation_output_size(market):
     assert Random2DTranslation(64, 32, p=1.0)(tensor).shape == (3, 64, 32)
     train, test = build_transforms(64, 32)
     assert train(img).shape == test(img).shape == (3, 64, 32)
+
+
+@pytest.mark.parametrize('augment', ['translate', 'pad-crop'])
+def test_uint8_pipeline_then_normalize_is_the_float_pipeline(market, augment):
+    """The loader's uint8 images, normalised as a batch on the device, are bit for bit the
+    float pipeline (the augmentation with ToDtype and Normalize in the worker), same seed."""
+    images = [read_image(path) for path, _, _ in market.train[:8]]
+    for pipeline in build_transforms(64, 32, augment):
+        float_pipeline = v2.Compose([pipeline, v2.ToDtype(torch.float32, scale=True),
+                                     v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        torch.manual_seed(0)
+        batch = torch.stack([pipeline(image) for image in images])
+        torch.manual_seed(0)
+        expected = torch.stack([float_pipeline(image) for image in images])
+        assert batch.dtype == torch.uint8
+        assert torch.equal(normalize(batch), expected)
+        assert torch.equal(normalize(batch[None])[0], expected)  # video clips: (B, S, 3, H, W)

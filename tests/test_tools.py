@@ -23,7 +23,7 @@ from conftest import FAST, run_script
 from dataset_loader import ImageDataset, VideoDataset
 from eval_metrics import evaluate_features, squared_euclidean
 from feature_extractor import FeatureExtractor, feature_net
-from transforms import build_transforms
+from transforms import build_transforms, normalize
 
 # The BoT test feature: BNNeck, feature after it, flip averaging, cosine metric.
 CONFIG = dict(models.CONFIG_DEFAULTS, neck='bnneck', dist_metric='cosine', flip_test=True, height=64, width=32)
@@ -60,7 +60,7 @@ def dataset(root):
 @pytest.fixture(scope='module')
 def checkpoint(dataset, tmp_path_factory):
     transform = build_transforms(64, 32)[1]
-    images = torch.stack([image for image, _, _ in ImageDataset(dataset.train[:16], transform)])
+    images = normalize(torch.stack([image for image, _, _ in ImageDataset(dataset.train[:16], transform)]))
     return save_checkpoint(tmp_path_factory.mktemp('ckpt') / 'model.pth.tar', CONFIG, images)
 
 
@@ -125,7 +125,7 @@ def test_api_paths_pil_and_arrays(dataset, checkpoint, extractor):
     assert not np.allclose(extractor([rgb[0][:, :, ::-1]]), from_paths[:1], atol=1e-3)  # the channel order matters
 
     model, _ = models.from_checkpoint(torch.load(checkpoint, weights_only=True))
-    images = torch.stack([build_transforms(64, 32)[1](image) for image in pil])
+    images = normalize(torch.stack([build_transforms(64, 32)[1](image) for image in pil]))
     with torch.no_grad():
         f = model.bottleneck(model.features(images)) + model.bottleneck(model.features(images.flip(3)))
     np.testing.assert_allclose(from_paths, F.normalize(f, dim=1).numpy(), atol=1e-5)
@@ -264,7 +264,7 @@ def test_onnx_matches_pytorch(onnx_path, checkpoint, dataset, command_features):
     transform = build_transforms(64, 32)[1]
 
     def onnx_features(split, items):
-        images = torch.stack([image for image, _, _ in ImageDataset(items, transform)])
+        images = normalize(torch.stack([image for image, _, _ in ImageDataset(items, transform)]))
         got = session.run(None, {'images': images.numpy()})[0]
         expected, pids, camids = by_path(*command_features[split], items)
         assert np.abs(got - expected.numpy()).max() <= 1e-4
