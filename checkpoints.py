@@ -52,8 +52,9 @@ def restore_training_state(checkpoint, model, criterion, optimizer, center_optim
         center_optimizer.load_state_dict(checkpoint['center_optimizer'])
     if scaler.is_enabled() and 'scaler' in checkpoint:
         scaler.load_state_dict(checkpoint['scaler'])
-    # Each rank continues its own random streams (augmentations); a checkpoint of another
-    # number of processes cannot give them, so the ranks then reseed.
+    # Each rank continues its own random streams (dropout; augmentations follow the samplers'
+    # item seeds); a checkpoint of another number of processes cannot give them, so the ranks
+    # then reseed.
     rng_ranks = checkpoint.get('rng_ranks', [checkpoint['rng']])
     if len(rng_ranks) == args.world_size:
         utils.set_rng_state(rng_ranks[args.rank])

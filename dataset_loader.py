@@ -1,9 +1,11 @@
 """Torch datasets over the split lists of data_manager: images and video tracklets."""
+from contextlib import contextmanager
+
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = ['ImageReadError', 'read_image', 'ImageDataset', 'VideoDataset', 'frames_of']
+__all__ = ['ImageReadError', 'read_image', 'seeded_rng', 'ImageDataset', 'VideoDataset', 'frames_of']
 
 
 class ImageReadError(OSError):
@@ -25,8 +27,25 @@ def read_image(img_path, split=None):
                              f'Replace or remove the file and run again.') from error
 
 
+@contextmanager
+def seeded_rng(seed):
+    """Run the block on torch's CPU generator seeded with `seed`, then give the caller's stream
+    back untouched; with seed None, run it on the stream as it is.
+
+    A sampler's (index, seed) pair fixes a sample's augmentation this way (samplers.py), in a
+    loader worker or in the main process alike.
+    """
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 class ImageDataset(Dataset):
-    """Items (img, pid, camid) from a list of (img_path, pid, camid)."""
+    """Items (img, pid, camid) from a list of (img_path, pid, camid), indexed by position or by
+    an (index, augmentation seed) pair (samplers.py)."""
 
     def __init__(self, dataset, transform=None, split=None):
         self.dataset = dataset
@@ -37,15 +56,18 @@ class ImageDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index):
+        index, seed = index if isinstance(index, tuple) else (index, None)
         img_path, pid, camid = self.dataset[index]
         img = read_image(img_path, self.split)
         if self.transform is not None:
-            img = self.transform(img)
+            with seeded_rng(seed):
+                img = self.transform(img)
         return img, pid, camid
 
 
 class VideoDataset(Dataset):
-    """Items (imgs, pid, camid) from a list of (img_paths, pid, camid) tracklets.
+    """Items (imgs, pid, camid) from a list of (img_paths, pid, camid) tracklets, indexed as
+    ImageDataset is.
 
     imgs has shape (seq_len, C, H, W) for sample='evenly' or 'random', and (num_frames, C, H, W),
     the whole tracklet, for sample='all'.
@@ -54,7 +76,8 @@ class VideoDataset(Dataset):
               frames followed by copies of the last one.
       random: seq_len distinct frames drawn at random and kept in temporal order; a tracklet
               shorter than seq_len is drawn with replacement (still in temporal order).
-    Randomness comes from torch's generator, which DataLoader seeds per worker.
+    Randomness comes from torch's generator: the item's seed when indexed by an (index, seed)
+    pair, else the stream as it is (which DataLoader seeds per worker).
     """
     sample_methods = ('evenly', 'random', 'all')
 
@@ -86,11 +109,13 @@ class VideoDataset(Dataset):
         return torch.randint(num_frames, (self.seq_len,)).sort().values
 
     def __getitem__(self, index):
+        index, seed = index if isinstance(index, tuple) else (index, None)
         img_paths, pid, camid = self.dataset[index]
         imgs = []
-        for i in self.frame_indices(len(img_paths)).tolist():
-            img = read_image(img_paths[i], self.split)
-            imgs.append(self.transform(img) if self.transform is not None else img)
+        with seeded_rng(seed):
+            for i in self.frame_indices(len(img_paths)).tolist():
+                img = read_image(img_paths[i], self.split)
+                imgs.append(self.transform(img) if self.transform is not None else img)
         return torch.stack(imgs), pid, camid
 
 

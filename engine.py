@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 
 import checkpoints
 import data_manager
@@ -26,7 +26,7 @@ import visualize
 from dataset_loader import ImageDataset, ImageReadError, VideoDataset, frames_of
 from eval_metrics import (NoValidQueryError, evaluate_blocks, evaluate_features, format_verification,
                           pairwise_distance)
-from samplers import RandomIdentitySampler
+from samplers import RandomIdentitySampler, ShuffleSampler
 from transforms import build_transforms, normalize
 
 RANKS = (1, 5, 10, 20)
@@ -72,7 +72,7 @@ def build_train_loader(args, dataset, video, triplet, use_gpu):
 
     --train-batch is the global batch: each of the world_size processes loads its share, and
     the samplers, seeded by --seed and the epoch (set_epoch), give the ranks together the
-    batches of a single process (P x K: whole identities per rank).
+    batches of a single process (P x K: whole identities per rank), augmented alike.
     """
     transform_train, _ = build_transforms(args.height, args.width, args.augment, args.random_erasing)
     clip_train = video and args.clip_train
@@ -89,7 +89,7 @@ def build_train_loader(args, dataset, video, triplet, use_gpu):
                          f'so that every process gets an equal share' + (' of whole identities' if triplet else ''))
     if triplet:
         sampler = RandomIdentitySampler(train_items, num_instances=args.num_instances, batch_size=args.train_batch,
-                                        num_replicas=world_size, rank=rank, seed=args.seed)
+                                        num_replicas=world_size, rank=rank, seed=args.seed, item_seeds=True)
         identities_per_batch = args.train_batch // args.num_instances
         if len(sampler.pids) < identities_per_batch:
             raise UsageError(f'the training split has {len(sampler.pids)} identities, fewer than the '
@@ -99,10 +99,14 @@ def build_train_loader(args, dataset, video, triplet, use_gpu):
         raise UsageError(f'the training split has {len(train_set)} samples, fewer than '
                          f'--train-batch {args.train_batch}')
     else:
-        sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True,
-                                     seed=args.seed, drop_last=True)
+        sampler = ShuffleSampler(len(train_set), batch_size=args.train_batch, num_replicas=world_size, rank=rank,
+                                 seed=args.seed, item_seeds=True)
+    # The workers persist across epochs (no start-up per epoch): the samplers' item seeds make
+    # the augmentations independent of the workers' random streams, so an exact resume holds.
+    # Worker seeds come from the loader's own generator and leave the global stream alone.
     return DataLoader(train_set, batch_size=args.train_batch // world_size, sampler=sampler,
-                      num_workers=args.workers, pin_memory=use_gpu, drop_last=True)
+                      num_workers=args.workers, pin_memory=use_gpu, drop_last=True,
+                      persistent_workers=args.workers > 0, generator=torch.Generator())
 
 
 class Target(NamedTuple):
@@ -450,7 +454,7 @@ def run(args, *, video, loss, build_criterion):
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(args, device) == torch.float16)
     if args.distributed:
         # Same initial weights and centers on every rank (DDP also broadcasts the model's),
-        # then different random streams, so that the ranks' augmentations differ.
+        # then different random streams (dropout); augmentations follow the samplers' item seeds.
         for tensor in criterion.state_dict().values():
             torch.distributed.broadcast(tensor, 0)
         utils.set_seed(args.seed + args.rank)

@@ -1,52 +1,109 @@
-"""Random-identity (P x K) sampling for triplet training, on one process or sharded over DDP ranks."""
+"""Training samplers, on one process or sharded over DDP ranks: random identities (P x K) for
+triplet training, a plain shuffle otherwise.
+
+Both compute the epoch's global order from a generator seeded with seed + epoch (set_epoch),
+not from the global RNG: every rank computes the same global sequence whatever else draws
+random numbers, and a resumed run needs only the epoch. With batch_size = the global batch B
+and num_replicas ranks, the order is cut into complete global batches (the incomplete tail is
+dropped, as drop_last does) and rank r yields the r-th B / num_replicas entries of each: the
+ranks' batches together are exactly the single-process batch. Without batch_size, the whole
+order is yielded.
+
+With item_seeds=True every entry is an (index, seed) pair instead of an index. The seed,
+drawn along with the order, fixes the augmentation of that sample (ImageDataset and
+VideoDataset take such pairs), so an augmentation depends only on the epoch and the sample's
+place in it: not on the number of loader workers, on whether they persist across epochs, or
+on the number of ranks; and a resumed run repeats it exactly.
+"""
 from collections import defaultdict
 
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ['RandomIdentitySampler']
+__all__ = ['EpochSampler', 'RandomIdentitySampler', 'ShuffleSampler']
 
 
-class RandomIdentitySampler(Sampler):
-    """Yield K = num_instances indices per identity, identities in random order.
+class EpochSampler(Sampler):
+    """The seeding, sharding and item seeds described above; a subclass gives epoch_order."""
+
+    def __init__(self, batch_size=None, num_replicas=1, rank=0, seed=0, item_seeds=False):
+        self.batch_size, self.num_replicas, self.rank = batch_size, num_replicas, rank
+        self.seed, self.epoch, self.item_seeds = seed, 0, item_seeds
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def epoch_order(self, generator):
+        """The epoch's global order: a 1-D LongTensor of dataset indices."""
+        raise NotImplementedError
+
+    def epoch_size(self):
+        """len(epoch_order(...)), known without drawing it."""
+        raise NotImplementedError
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = self.epoch_order(generator)
+        entries = order[:, None]  # (epoch size, 1), or (epoch size, 2) with the seeds
+        if self.item_seeds:
+            entries = torch.cat([entries, torch.randint(2 ** 62, entries.shape, generator=generator)], dim=1)
+        if self.batch_size is not None:
+            share = self.batch_size // self.num_replicas
+            complete = len(entries) // self.batch_size * self.batch_size
+            batches = entries[:complete].view(-1, self.batch_size, entries.shape[1])
+            entries = batches[:, self.rank * share:(self.rank + 1) * share].flatten(0, 1)
+        return iter(map(tuple, entries.tolist()) if self.item_seeds else entries[:, 0].tolist())
+
+    def __len__(self):
+        if self.batch_size is None:
+            return self.epoch_size()
+        return self.epoch_size() // self.batch_size * (self.batch_size // self.num_replicas)
+
+
+class ShuffleSampler(EpochSampler):
+    """Every index of a dataset of `size` items once per epoch, in random order (the order of
+    torch's DistributedSampler on one process: a randperm seeded with seed + epoch)."""
+
+    def __init__(self, size, batch_size=None, num_replicas=1, rank=0, seed=0, item_seeds=False):
+        if batch_size is not None and batch_size % num_replicas:
+            raise ValueError(f'batch_size {batch_size} must be a multiple of num_replicas {num_replicas}')
+        super().__init__(batch_size, num_replicas, rank, seed, item_seeds)
+        self.size = size
+
+    def epoch_order(self, generator):
+        return torch.randperm(self.size, generator=generator)
+
+    def epoch_size(self):
+        return self.size
+
+
+class RandomIdentitySampler(EpochSampler):
+    """K = num_instances indices per identity, identities in random order.
 
     Each epoch visits every identity once: its K indices are drawn without replacement, or
     with replacement when the identity has fewer than K items. With a DataLoader of
-    batch_size = P * K every batch then holds P identities x K instances.
-
-    Sharding (DistributedDataParallel): with batch_size = the global batch B and num_replicas
-    ranks, the epoch is cut into complete global batches (the incomplete tail is dropped, as
-    drop_last does), and rank r yields the r-th B / num_replicas indices of each, which is
-    whole identities when B / num_replicas is a multiple of K: every rank's batch holds
-    triplets, and the ranks' batches together are exactly the single-process batch.
-    Without batch_size, every index of the epoch is yielded (len = num_identities * K).
-
-    The order comes from a generator seeded with seed + epoch (set_epoch), not from the global
-    RNG: every rank computes the same global sequence whatever else draws random numbers, and
-    a resumed run needs only the epoch.
+    batch_size = P * K every batch then holds P identities x K instances. Sharded, a rank's
+    share of a global batch is whole identities, since B / num_replicas is a multiple of K:
+    every rank's batch holds triplets.
     """
 
-    def __init__(self, data_source, num_instances=4, batch_size=None, num_replicas=1, rank=0, seed=0):
+    def __init__(self, data_source, num_instances=4, batch_size=None, num_replicas=1, rank=0, seed=0,
+                 item_seeds=False):
         if num_instances < 1:
             raise ValueError(f'num_instances must be at least 1, got {num_instances}')
         if batch_size is not None and batch_size % (num_instances * num_replicas):
             raise ValueError(f'batch_size {batch_size} must be a multiple of num_instances x num_replicas '
                              f'({num_instances} x {num_replicas}) so that every rank gets whole identities')
+        super().__init__(batch_size, num_replicas, rank, seed, item_seeds)
         self.num_instances = num_instances
-        self.batch_size, self.num_replicas, self.rank = batch_size, num_replicas, rank
-        self.seed, self.epoch = seed, 0
         index_by_pid = defaultdict(list)
         for index, (_, pid, _) in enumerate(data_source):
             index_by_pid[pid].append(index)
         self.pids = sorted(index_by_pid)
         self.index_by_pid = [torch.tensor(index_by_pid[pid]) for pid in self.pids]
 
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-
-    def __iter__(self):
+    def epoch_order(self, generator):
         k = self.num_instances
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
         chosen = []
         for pid_index in torch.randperm(len(self.pids), generator=generator).tolist():
             indices = self.index_by_pid[pid_index]
@@ -55,15 +112,7 @@ class RandomIdentitySampler(Sampler):
             else:
                 picks = torch.randint(len(indices), (k,), generator=generator)
             chosen.append(indices[picks])
-        indices = torch.cat(chosen)
-        if self.batch_size is None:
-            return iter(indices.tolist())
-        share = self.batch_size // self.num_replicas
-        batches = indices[:len(indices) // self.batch_size * self.batch_size].view(-1, self.batch_size)
-        return iter(batches[:, self.rank * share:(self.rank + 1) * share].flatten().tolist())
+        return torch.cat(chosen)
 
-    def __len__(self):
-        total = len(self.pids) * self.num_instances
-        if self.batch_size is None:
-            return total
-        return total // self.batch_size * (self.batch_size // self.num_replicas)
+    def epoch_size(self):
+        return len(self.pids) * self.num_instances

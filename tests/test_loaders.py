@@ -1,16 +1,19 @@
 import os
 import shutil
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.transforms import v2
 
 import data_manager
+import engine
+import utils
 from dataset_loader import ImageDataset, ImageReadError, VideoDataset, frames_of, read_image
-from samplers import RandomIdentitySampler
+from samplers import RandomIdentitySampler, ShuffleSampler
 from transforms import IMAGENET_MEAN, IMAGENET_STD, Random2DTranslation, build_transforms, normalize
 
 
@@ -170,3 +173,55 @@ def test_uint8_pipeline_then_normalize_is_the_float_pipeline(market, augment):
         assert batch.dtype == torch.uint8
         assert torch.equal(normalize(batch), expected)
         assert torch.equal(normalize(batch[None])[0], expected)  # video clips: (B, S, 3, H, W)
+
+
+def test_shuffle_sampler_order_is_distributed_samplers_on_one_process():
+    ours = ShuffleSampler(23, batch_size=5, seed=3)
+    theirs = DistributedSampler(range(23), num_replicas=1, rank=0, shuffle=True, seed=3, drop_last=True)
+    for epoch in (0, 4):
+        ours.set_epoch(epoch)
+        theirs.set_epoch(epoch)
+        assert list(ours) == list(theirs)[:20] and len(ours) == 20
+
+
+def epoch_batches(market, monkeypatch, triplet, workers, world_size=1, rank=0, epochs=(0, 1)):
+    """The training loader's batches (uint8 images, pids) for these epochs, as engine builds it
+    for rank `rank` of `world_size` processes."""
+    monkeypatch.setattr(utils, 'get_world_size', lambda: world_size)
+    monkeypatch.setattr(utils, 'get_rank', lambda: rank)
+    args = SimpleNamespace(height=32, width=16, augment='pad-crop', random_erasing=0.5, clip_train=False,
+                           train_batch=8, num_instances=4, seed=7, workers=workers)
+    loader = engine.build_train_loader(args, market, video=False, triplet=triplet, use_gpu=False)
+    batches = []
+    for epoch in epochs:
+        loader.sampler.set_epoch(epoch)
+        batches.append([(imgs, pids) for imgs, pids, _ in loader])
+    return batches
+
+
+@pytest.mark.parametrize('triplet', [False, True])
+def test_augmentations_follow_the_sampler_not_the_workers(market, monkeypatch, triplet):
+    """Each sample's augmentation comes from its sampler seed: the same batches with 0 or 2
+    persistent workers, and two ranks' shares together are the single-process batch, pixel for
+    pixel; the global random stream is left alone."""
+    state = torch.get_rng_state()
+    single = epoch_batches(market, monkeypatch, triplet, workers=0)
+    assert torch.equal(torch.get_rng_state(), state)
+    workers = epoch_batches(market, monkeypatch, triplet, workers=2)
+    ranks = [epoch_batches(market, monkeypatch, triplet, workers=0, world_size=2, rank=r) for r in range(2)]
+    for epoch in range(2):
+        assert len(single[epoch]) == len(workers[epoch]) == len(ranks[0][epoch]) > 1
+        for (imgs, pids), (w_imgs, w_pids), (r0_imgs, r0_pids), (r1_imgs, r1_pids) in zip(
+                single[epoch], workers[epoch], ranks[0][epoch], ranks[1][epoch]):
+            assert torch.equal(imgs, w_imgs) and torch.equal(pids, w_pids)
+            assert torch.equal(imgs, torch.cat([r0_imgs, r1_imgs])) and torch.equal(pids, torch.cat([r0_pids, r1_pids]))
+
+
+def test_item_seed_fixes_the_augmentation(market):
+    train, _ = build_transforms(32, 16, 'pad-crop', random_erasing=0.5)
+    dataset = ImageDataset(market.train, train)
+    state = torch.get_rng_state()
+    seeded = [dataset[(0, seed)][0] for seed in (11, 11, 12, 13, 14)]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(seeded[0], seeded[1])
+    assert len({tuple(image.flatten().tolist()) for image in seeded[1:]}) == 4
