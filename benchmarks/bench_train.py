@@ -1,8 +1,10 @@
-"""Training throughput: images/s of the input pipeline per loader worker, and of the train step
-alone (engine.train_step) for float32 / --amp / --channels-last / --compile.
+"""Training throughput: images/s of the input pipeline per loader worker and of the DataLoader,
+of the train step alone (engine.train_step) for float32 / --amp / --channels-last / --compile,
+and of feature extraction.
 
     python benchmarks/bench_train.py                       # CPU: loader rows, fp32 and channels_last steps
-    python benchmarks/bench_train.py --device cuda --batch 64 --modes fp32 amp amp+channels_last compile
+    python benchmarks/bench_train.py --device cuda --batch 64 --extract-batch 256 --workers 8 16
+    python benchmarks/bench_train.py --device cuda --batch 64 --last-stride 1 --part step   # the BoT model
 
 The loader rows run in this one process, so they are what each DataLoader worker delivers:
 N workers feed at most N times that. Images are Market-1501-sized JPEGs (128 x 64, written
@@ -11,8 +13,9 @@ runs on the device); the 'before' row is the same work with the float conversion
 normalisation in the worker. The torchvision.io rows are for comparison: the loader keeps PIL,
 because torchvision deprecated its image decoders in 0.29 (for TorchCodec, a further dependency).
 The DataLoader rows are the real loader with N worker processes, after its first batch.
-The step rows time ResNet-50 on random batches (the loader is not involved). Every row prints
-the command line that measures it alone.
+The step rows time ResNet-50 on random uint8 batches already on the device (normalisation and
+the train step; the loader is not involved), the extraction rows engine.extract_features the
+same way. Every row prints the command line that measures it alone.
 """
 import argparse
 import os
@@ -35,7 +38,7 @@ import engine  # noqa: E402
 import models  # noqa: E402
 from dataset_loader import ImageDataset, read_image  # noqa: E402
 from losses import ReIDLoss  # noqa: E402
-from transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms  # noqa: E402
+from transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, normalize  # noqa: E402
 
 MODES = ('fp32', 'amp', 'channels_last', 'amp+channels_last', 'compile')
 
@@ -108,10 +111,18 @@ def dataloader_rate(args, paths, workers, batches=40):
     return count / (time.perf_counter() - start)
 
 
+def random_batch(args, batch, device, channels_last=False):
+    """A (batch, 3, height, width) uint8 batch on the device, as the loader delivers it."""
+    imgs = torch.randint(0, 256, (batch, 3, args.height, args.width), dtype=torch.uint8, device=device)
+    return imgs.contiguous(memory_format=torch.channels_last) if channels_last else imgs
+
+
 def step_rate(args, mode):
-    """Images/s of engine.train_step (ResNet-50, xent + triplet, Adam) in `mode`."""
+    """Images/s of the device's work per training batch (transforms.normalize, then
+    engine.train_step: ResNet-50, xent + triplet, Adam) in `mode`."""
     device = torch.device(args.device)
-    model = models.init_model('resnet50', num_classes=751, loss={'xent', 'htri'}, pretrained=False)
+    model = models.init_model('resnet50', num_classes=751, loss={'xent', 'htri'}, pretrained=False,
+                              last_stride=args.last_stride)
     channels_last = 'channels_last' in mode
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format).train()
     train_model = torch.compile(model) if mode == 'compile' else model
@@ -119,14 +130,12 @@ def step_rate(args, mode):
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
     amp_dtype = engine.autocast_dtype(SimpleNamespace(amp='amp' in mode, amp_dtype=args.amp_dtype), device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    imgs = torch.randn(args.batch, 3, args.height, args.width, device=device)
-    if channels_last:
-        imgs = imgs.contiguous(memory_format=torch.channels_last)
+    imgs = random_batch(args, args.batch, device, channels_last)
     pids = torch.arange(args.batch, device=device) // 4
 
     def run(steps):
         for _ in range(steps):
-            loss = engine.train_step(train_model, criterion, optimizer, None, scaler, imgs, pids, amp_dtype)
+            loss = engine.train_step(train_model, criterion, optimizer, None, scaler, normalize(imgs), pids, amp_dtype)
         loss.item()  # wait for the device
 
     run(args.warmup)
@@ -135,9 +144,41 @@ def step_rate(args, mode):
     return args.batch * args.steps / (time.perf_counter() - start)
 
 
+class RepeatedBatch:
+    """Stands in for a test DataLoader: one uint8 batch `count` times, so that only the
+    device's work is timed."""
+
+    def __init__(self, imgs, count):
+        self.batch = (imgs, torch.zeros(len(imgs), dtype=torch.long), torch.zeros(len(imgs), dtype=torch.long))
+        self.count, self.dataset = count, range(len(imgs) * count)
+
+    def __iter__(self):
+        return iter([self.batch] * self.count)
+
+
+def extract_rate(args, mode):
+    """Images/s of engine.extract_features (normalisation and the test feature of ResNet-50)
+    in `mode` (fp32 or amp), on batches of --extract-batch."""
+    device = torch.device(args.device)
+    model = models.init_model('resnet50', num_classes=751, pretrained=False, last_stride=args.last_stride)
+    model = model.to(device).eval()
+    amp_dtype = engine.autocast_dtype(SimpleNamespace(amp=mode == 'amp', amp_dtype=args.amp_dtype), device)
+
+    def run(batches):
+        loader = RepeatedBatch(random_batch(args, args.extract_batch, device), batches)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            features = engine.extract_features(model, loader, device)[0]
+        features.sum().item()  # wait for the device
+
+    run(args.warmup)
+    start = time.perf_counter()
+    run(args.steps)
+    return args.extract_batch * args.steps / (time.perf_counter() - start)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--part', choices=('all', 'loader', 'step'), default='all')
+    parser.add_argument('--part', choices=('all', 'loader', 'step', 'extract'), default='all')
     parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda'))
     parser.add_argument('--modes', nargs='+', choices=MODES, default=None,
                         help='train-step modes (default: fp32 channels_last on the CPU, all on CUDA)')
@@ -152,9 +193,12 @@ def main():
     parser.add_argument('--steps', type=int, default=3, help='timed train steps')
     parser.add_argument('--warmup', type=int, default=1, help='untimed train steps first (compile: several)')
     parser.add_argument('--amp-dtype', choices=('bfloat16', 'float16'))
+    parser.add_argument('--last-stride', type=int, default=2, choices=(1, 2), help='1: the BoT model')
+    parser.add_argument('--extract-batch', type=int, default=32, help='feature-extraction batch (GPU: 256)')
     args = parser.parse_args()
     modes = args.modes or (MODES if args.device == 'cuda' else ('fp32', 'channels_last'))
-    base = ['python', 'benchmarks/bench_train.py', '--height', str(args.height), '--width', str(args.width)]
+    base = ['python', 'benchmarks/bench_train.py', '--height', str(args.height), '--width', str(args.width),
+            '--last-stride', str(args.last_stride)]
     rows = []
     if args.part in ('all', 'loader'):
         for name, rate in loader_rows(args):
@@ -173,6 +217,11 @@ def main():
             if args.amp_dtype:
                 command += ['--amp-dtype', args.amp_dtype]
             rows.append((f'train step: {mode} ({name}, batch {args.batch})', step_rate(args, mode), command))
+    if args.part in ('all', 'extract'):
+        for mode in ('fp32', 'amp') if args.device == 'cuda' else ('fp32',):
+            command = base + ['--part', 'extract', '--device', args.device, '--extract-batch', str(args.extract_batch),
+                              '--steps', str(args.steps), '--warmup', str(args.warmup)]
+            rows.append((f'feature extraction: {mode} (batch {args.extract_batch})', extract_rate(args, mode), command))
     width = max(len(name) for name, _, _ in rows)
     print(f'\n{"what":<{width}}  images/s  command')
     for name, rate, command in rows:
