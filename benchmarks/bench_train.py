@@ -23,6 +23,7 @@ import shlex
 import sys
 import tempfile
 import time
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -133,15 +134,35 @@ def step_rate(args, mode):
     imgs = random_batch(args, args.batch, device, channels_last)
     pids = torch.arange(args.batch, device=device) // 4
 
+    def step():
+        return engine.train_step(train_model, criterion, optimizer, None, scaler, normalize(imgs), pids, amp_dtype)
+
     def run(steps):
         for _ in range(steps):
-            loss = engine.train_step(train_model, criterion, optimizer, None, scaler, normalize(imgs), pids, amp_dtype)
+            loss = step()
         loss.item()  # wait for the device
 
     run(args.warmup)
+    if device.type == 'cuda':
+        print(f'train step {mode}: {host_syncs(step)} host syncs per step')
     start = time.perf_counter()
     run(args.steps)
     return args.batch * args.steps / (time.perf_counter() - start)
+
+
+def host_syncs(function):
+    """How many times function() makes the host wait for the GPU, counted by torch.cuda's sync
+    debug mode (one warning per synchronizing call). A step should make none in float32 and
+    bfloat16; a float16 GradScaler makes one, to check for inf before the optimizer step."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('warn')
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            function()
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    return sum('synchroniz' in str(warning.message) for warning in caught)
 
 
 class RepeatedBatch:
