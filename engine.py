@@ -1,19 +1,18 @@
-"""What the four training scripts share: device, data, train loop, test loop, checkpoints.
+"""What the four training scripts share: device, train loop, test loop, checkpoints.
 
 A script chooses image or video data, its loss set and its criterion, and calls main(args, ...);
-its command line comes from options.py.
+its command line comes from options.py, its data loaders from dataset_loader.load_data.
 """
 import contextlib
 import datetime
 import os
 import sys
 import time
-from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 import checkpoints
 import data_manager
@@ -23,17 +22,13 @@ import rerank
 import solver
 import utils
 import visualize
-from dataset_loader import ImageDataset, ImageReadError, VideoDataset, frames_of
+from dataset_loader import ImageReadError, load_data
 from eval_metrics import (NoValidQueryError, evaluate_blocks, evaluate_features, format_verification,
                           pairwise_distance)
-from samplers import RandomIdentitySampler, ShuffleSampler
-from transforms import build_transforms, normalize
+from options import UsageError
+from transforms import normalize
 
 RANKS = (1, 5, 10, 20)
-
-
-class UsageError(Exception):
-    """The arguments do not fit the data (found after the dataset is read)."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -64,105 +59,6 @@ def setup_device(args):
         print(f'Currently using CPU (CUDA is not available here, so --gpu-devices {args.gpu_devices} '
               f'is ignored; pass --use-cpu to say so)')
     return torch.device('cpu')
-
-
-def build_train_loader(args, dataset, video, triplet, use_gpu):
-    """The training DataLoader. Video training decomposes tracklets into frames (image batches)
-    unless --clip-train.
-
-    --train-batch is the global batch: each of the world_size processes loads its share, and
-    the samplers, seeded by --seed and the epoch (set_epoch), give the ranks together the
-    batches of a single process (P x K: whole identities per rank), augmented alike.
-    """
-    transform_train, _ = build_transforms(args.height, args.width, args.augment, args.random_erasing)
-    clip_train = video and args.clip_train
-    train_items = dataset.train if not video or clip_train else frames_of(dataset.train)
-    if clip_train:
-        train_set = VideoDataset(train_items, args.seq_len, 'random', transform_train, split='train')
-    else:
-        train_set = ImageDataset(train_items, transform_train, split='train')
-
-    world_size, rank = utils.get_world_size(), utils.get_rank()
-    if args.train_batch % (world_size * (args.num_instances if triplet else 1)):
-        per_rank = f'{world_size} processes x --num-instances {args.num_instances}' if triplet else f'{world_size} processes'
-        raise UsageError(f'--train-batch {args.train_batch} (the global batch) must be divisible by {per_rank}, '
-                         f'so that every process gets an equal share' + (' of whole identities' if triplet else ''))
-    if triplet:
-        sampler = RandomIdentitySampler(train_items, num_instances=args.num_instances, batch_size=args.train_batch,
-                                        num_replicas=world_size, rank=rank, seed=args.seed, item_seeds=True)
-        identities_per_batch = args.train_batch // args.num_instances
-        if len(sampler.pids) < identities_per_batch:
-            raise UsageError(f'the training split has {len(sampler.pids)} identities, fewer than the '
-                             f'{identities_per_batch} a batch needs (--train-batch {args.train_batch} / '
-                             f'--num-instances {args.num_instances}); lower --train-batch')
-    elif len(train_set) < args.train_batch:
-        raise UsageError(f'the training split has {len(train_set)} samples, fewer than '
-                         f'--train-batch {args.train_batch}')
-    else:
-        sampler = ShuffleSampler(len(train_set), batch_size=args.train_batch, num_replicas=world_size, rank=rank,
-                                 seed=args.seed, item_seeds=True)
-    # The workers persist across epochs (no start-up per epoch): the samplers' item seeds make
-    # the augmentations independent of the workers' random streams, so an exact resume holds.
-    # Worker seeds come from the loader's own generator and leave the global stream alone.
-    return DataLoader(train_set, batch_size=args.train_batch // world_size, sampler=sampler,
-                      num_workers=args.workers, pin_memory=use_gpu, drop_last=True,
-                      persistent_workers=args.workers > 0, generator=torch.Generator())
-
-
-class Target(NamedTuple):
-    """A dataset to evaluate on, with its query and gallery loaders."""
-    dataset: object
-    queryloader: DataLoader
-    galleryloader: DataLoader
-
-
-def build_target(args, dataset, video, use_gpu):
-    """Test loaders of a dataset. They draw from their own generator, so testing never moves the
-    training RNG. Under DDP each rank tests on one contiguous range of the query and gallery
-    sets (test gathers them back in order)."""
-    _, transform_test = build_transforms(args.height, args.width)
-    world_size, rank = utils.get_world_size(), utils.get_rank()
-
-    def test_loader(split):
-        items = getattr(dataset, split)
-        if not video:
-            test_set, batch_size = ImageDataset(items, transform_test, split=split), args.test_batch
-        elif args.test_sample == 'all':  # whole tracklets differ in length: one per batch
-            test_set, batch_size = VideoDataset(items, args.seq_len, 'all', transform_test, split=split), 1
-        else:
-            test_set = VideoDataset(items, args.seq_len, 'evenly', transform_test, split=split)
-            batch_size = args.test_batch
-        if world_size > 1:
-            bounds = [len(test_set) * r // world_size for r in range(world_size + 1)]
-            test_set = Subset(test_set, range(bounds[rank], bounds[rank + 1]))
-        return DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=args.workers,
-                          pin_memory=use_gpu, generator=torch.Generator())
-
-    return Target(dataset, test_loader('query'), test_loader('gallery'))
-
-
-def load_data(args, video, triplet, use_gpu):
-    """(train dataset, trainloader, [Target]): the union of the -d datasets for training, and
-    each --target (default: the -d datasets) that has a query/gallery split for testing."""
-    def load(name):
-        return data_manager.init_dataset(name, root=args.root, **options.dataset_options(args))
-
-    train_sets = [load(name) for name in args.dataset]
-    train_data = train_sets[0] if len(train_sets) == 1 else data_manager.combine_train(train_sets)
-    trainloader = build_train_loader(args, train_data, video, triplet, use_gpu)
-    targets = []
-    for name in args.target or args.dataset:
-        dataset = next((d for d in train_sets if d.name == name), None) or load(name)
-        if not dataset.has_test_split:
-            print(f'Note: {name} has no query/gallery folders, so it is not evaluated')
-            continue
-        if not dataset.has_camera_ids:
-            print(f'Note: {name} has no camera ids, so cross-camera filtering is off: a query is only kept '
-                  f'from matching the very same image or tracklet; every other gallery entry counts')
-        targets.append(build_target(args, dataset, video, use_gpu))
-    if not targets:
-        print('Note: no dataset to evaluate on: evaluation is disabled; checkpoints are still written')
-    return train_data, trainloader, targets
 
 
 def autocast_dtype(args, device):

@@ -10,7 +10,13 @@ import rerank
 from solver import OPTIMIZERS, SCHEDULERS
 from transforms import AUGMENTATIONS
 
-__all__ = ['get_args_parser', 'recipe_settings', 'dataset_options', 'resolve_model_config', 'model_config']
+__all__ = ['UsageError', 'get_args_parser', 'recipe_settings', 'dataset_options', 'resolve_model_config',
+           'model_config']
+
+
+class UsageError(Exception):
+    """The arguments do not fit the data (found after the dataset is read)."""
+
 
 # The published BoT configuration (Luo et al., CVPR-W 2019, softmax_triplet_with_center):
 # Adam 3.5e-4, P16 x K4, 120 epochs, warmup 10 epochs from 0.01 x lr, x0.1 at 40 and 70,

@@ -1,6 +1,5 @@
 """Shared fixtures: small generated datasets, the real metadata in ../shared (when present),
 and a helper that runs the training scripts as a user would."""
-import os
 import re
 import subprocess
 import sys
