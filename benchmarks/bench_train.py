@@ -39,6 +39,7 @@ import engine  # noqa: E402
 import models  # noqa: E402
 from dataset_loader import ImageDataset, read_image  # noqa: E402
 from losses import ReIDLoss  # noqa: E402
+from samplers import ShuffleSampler  # noqa: E402
 from transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, normalize  # noqa: E402
 
 MODES = ('fp32', 'amp', 'channels_last', 'amp+channels_last', 'compile')
@@ -85,7 +86,9 @@ def loader_rows(args):
         rows = [
             ('decode, PIL (dataset_loader.read_image)', images_per_second(read_image, paths)),
             ('decode, torchvision.io.decode_jpeg', images_per_second(lambda p: decode_jpeg(read_file(p)), paths)),
-            (f'PIL decode + {what} -> uint8 (the loader)', images_per_second(lambda p: train(read_image(p)), paths)),
+            (f'PIL decode + {what} -> uint8, seeded per sample (the loader)',
+             images_per_second(ImageDataset([(p, 0, 0) for p in paths], train).__getitem__,
+                               [(i, i) for i in range(len(paths))])),
             (f'PIL decode + {what} -> normalised float (before)',
              images_per_second(lambda p: float_train(read_image(p)), paths)),
             (f'torchvision.io decode + {what} on tensors -> uint8',
@@ -98,12 +101,14 @@ def loader_rows(args):
 
 
 def dataloader_rate(args, paths, workers, batches=40):
-    """Images/s of a training DataLoader (ImageDataset, the train transform, pinned memory on
-    CUDA) in its steady state: the first batch, which waits for the workers to start, is not
-    timed. The images are read from the page cache, as a warm epoch reads them."""
+    """Images/s of a training DataLoader as the scripts build it (ImageDataset, the train
+    transform, a sampler with item seeds, pinned memory on CUDA) in its steady state: the first
+    batch, which waits for the workers to start, is not timed. The images are read from the
+    page cache, as a warm epoch reads them."""
     train, _ = build_transforms(args.height, args.width, args.augment, args.random_erasing)
     items = [(paths[i % len(paths)], 0, 0) for i in range(64 * (batches + 1))]
-    loader = DataLoader(ImageDataset(items, train), batch_size=64, shuffle=True, num_workers=workers,
+    sampler = ShuffleSampler(len(items), batch_size=64, item_seeds=True)
+    loader = DataLoader(ImageDataset(items, train), batch_size=64, sampler=sampler, num_workers=workers,
                         pin_memory=args.device == 'cuda', drop_last=True)
     batches_iter = iter(loader)
     next(batches_iter)
