@@ -10,8 +10,8 @@ The loader rows run in this one process, so they are what each DataLoader worker
 N workers feed at most N times that. Images are Market-1501-sized JPEGs (128 x 64, written
 here), trained at --height x --width. The workers hand over uint8 images (transforms.normalize
 runs on the device); the 'before' row is the same work with the float conversion and
-normalisation in the worker. The torchvision.io rows are for comparison: the loader keeps PIL,
-because torchvision deprecated its image decoders in 0.29 (for TorchCodec, a further dependency).
+normalisation in the worker. The torchvision.io rows are for comparison: the loader keeps PIL
+(torchvision deprecated its image decoders in 0.29 for TorchCodec; see the README).
 The DataLoader rows are the real loader with N worker processes, after its first batch.
 The step rows time ResNet-50 on random uint8 batches already on the device (normalisation and
 the train step; the loader is not involved), the extraction rows engine.extract_features the
