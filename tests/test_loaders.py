@@ -214,11 +214,15 @@ def test_augmentations_follow_the_sampler_not_the_workers(market, monkeypatch, t
             assert torch.equal(imgs, torch.cat([r0_imgs, r1_imgs])) and torch.equal(pids, torch.cat([r0_pids, r1_pids]))
 
 
-def test_item_seed_fixes_the_augmentation(market):
+def test_item_seed_fixes_the_augmentation(market, mars):
+    """The same (index, seed) gives the same item, other seeds other augmentations (for video,
+    the random frame choice too), and the caller's random stream is left as it was."""
     train, _ = build_transforms(32, 16, 'pad-crop', random_erasing=0.5)
-    dataset = ImageDataset(market.train, train)
-    state = torch.get_rng_state()
-    seeded = [dataset[(0, seed)][0] for seed in (11, 11, 12, 13, 14)]
-    assert torch.equal(torch.get_rng_state(), state)
-    assert torch.equal(seeded[0], seeded[1])
-    assert len({tuple(image.flatten().tolist()) for image in seeded[1:]}) == 4
+    long_tracklet = max(range(len(mars.train)), key=lambda i: len(mars.train[i][0]))
+    for dataset, index in ((ImageDataset(market.train, train), 0),
+                           (VideoDataset(mars.train, seq_len=3, sample='random', transform=train), long_tracklet)):
+        state = torch.get_rng_state()
+        seeded = [dataset[(index, seed)][0] for seed in (11, 11, 12, 13, 14)]
+        assert torch.equal(torch.get_rng_state(), state)
+        assert torch.equal(seeded[0], seeded[1])
+        assert len({tuple(item.flatten().tolist()) for item in seeded[1:]}) == 4
