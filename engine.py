@@ -132,7 +132,10 @@ def train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, scaler
                 run_left = progress.total - progress.done + (args.max_epoch - epoch - 1) * progress.total
                 print(f'Batch {batch_idx + 1}/{len(trainloader)}\t Loss {val:.6f} ({avg:.6f})\t '
                       f'{progress.rate:.1f} img/s, ETA epoch {progress.eta()}, run {progress.eta(run_left)}')
-    print(f'Epoch {epoch + 1} done: loss {avg:.6f}, {progress.rate:.1f} samples/s')
+    memory = ''
+    if device.type == 'cuda':
+        memory = f', peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB'
+    print(f'Epoch {epoch + 1} done: loss {avg:.6f}, {progress.rate:.1f} samples/s{memory}')
     return avg, progress.rate
 
 

@@ -148,11 +148,14 @@ def step_rate(args, mode):
         loss.item()  # wait for the device
 
     run(args.warmup)
-    if device.type == 'cuda':
-        print(f'train step {mode}: {host_syncs(step)} host syncs per step')
     start = time.perf_counter()
     run(args.steps)
-    return args.batch * args.steps / (time.perf_counter() - start)
+    rate = args.batch * args.steps / (time.perf_counter() - start)
+    if device.type == 'cuda':
+        print(f'train step {mode}: {host_syncs(step)} host syncs per step, peak GPU memory '
+              f'{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB')
+        torch.cuda.reset_peak_memory_stats(device)
+    return rate
 
 
 def host_syncs(function):
@@ -248,6 +251,8 @@ def main():
             command = base + ['--part', 'extract', '--device', args.device, '--extract-batch', str(args.extract_batch),
                               '--steps', str(args.steps), '--warmup', str(args.warmup)]
             rows.append((f'feature extraction: {mode} (batch {args.extract_batch})', extract_rate(args, mode), command))
+    if not rows:
+        return
     width = max(len(name) for name, _, _ in rows)
     print(f'\n{"what":<{width}}  images/s  command')
     for name, rate, command in rows:
