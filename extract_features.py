@@ -12,7 +12,6 @@ The features are those of the evaluation (feature_extractor.FeatureExtractor): r
 squared Euclidean distance.
 """
 import argparse
-import datetime
 import os
 import sys
 import time
@@ -117,7 +116,7 @@ def extract(args):
     # Tracklets are batched so that about batch_size frames go through per chunk.
     per_chunk = max(1, args.batch_size // extractor.config['seq_len']) if extractor.video else args.batch_size
     features, kept, skipped = [], [], []
-    start = last_print = time.time()
+    progress, last_print = utils.Progress(len(items)), time.time()
     with ThreadPoolExecutor(max(1, args.workers)) as pool:
         def submit(first):
             return [pool.submit(load, item) for item in items[first:first + per_chunk]]
@@ -132,11 +131,10 @@ def extract(args):
             if good:
                 features.append(extractor([x for _, x in good]))
                 kept += [name for name, _ in good]
-            done = min(first + per_chunk, len(items))
-            if time.time() - last_print >= 5 or done == len(items):
-                rate = done / (time.time() - start)
-                eta = datetime.timedelta(seconds=round((len(items) - done) / rate))
-                print(f'Extracted {done}/{len(items)} {unit}  {rate:.1f} {unit}/s  ETA {eta}', flush=True)
+            progress.update(len(items[first:first + per_chunk]))
+            if time.time() - last_print >= 5 or progress.done == len(items):
+                print(f'Extracted {progress.done}/{len(items)} {unit}  {progress.rate:.1f} {unit}/s  '
+                      f'ETA {progress.eta()}', flush=True)
                 last_print = time.time()
     if skipped:
         print(f'Skipped {len(skipped)} unreadable {unit}:')

@@ -17,24 +17,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ['AverageMeter', 'Progress', 'write_atomic', 'tee_stdout', 'set_seed', 'rng_state', 'set_rng_state',
+__all__ = ['Progress', 'write_atomic', 'tee_stdout', 'set_seed', 'rng_state', 'set_rng_state',
            'CheckpointError', 'save_checkpoint', 'copy_file_atomic', 'load_checkpoint', 'load_model_weights',
            'find_last_checkpoint', 'init_distributed_mode', 'is_distributed', 'get_rank', 'get_world_size',
            'all_gather_grad', 'gather_in_order', 'all_gather_objects', 'convert_sync_batchnorm']
-
-
-class AverageMeter:
-    """The latest value and the running (weighted) average."""
-
-    def __init__(self):
-        self.val = self.avg = self.sum = 0.0
-        self.count = 0
-
-    def update(self, val, n=1):
-        self.val = val
-        self.sum += val * n
-        self.count += n
-        self.avg = self.sum / self.count
 
 
 class Progress:
