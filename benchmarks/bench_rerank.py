@@ -119,7 +119,7 @@ def main():
     parser.add_argument('--dim', type=int, default=256)
     parser.add_argument('--noise', type=float,
                         help='feature noise around the identity centres; the defaults (3 at 2048-d, 2 at '
-                             '512-d) give mAPs of about 73% and 63%, like trained models on Market and MSMT17')
+                             '512-d) give mAPs of about 73%% and 63%%, like trained models on Market and MSMT17')
     args = parser.parse_args()
     print(f'torch threads {torch.get_num_threads()}')
     if args.case == 'check':
