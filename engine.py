@@ -289,14 +289,6 @@ def main(args, *, video, loss, build_criterion):
                 torch.distributed.destroy_process_group()
 
 
-def print_recipe(args):
-    if args.recipe_set:
-        print(f'--recipe {args.recipe} sets: ' + ', '.join(f'--{k.replace("_", "-")} {v}' for k, v in args.recipe_set.items()))
-    if args.recipe_overridden:
-        print('  given explicitly instead: ' + ', '.join(f'--{k.replace("_", "-")} {getattr(args, k)}'
-                                                     for k in args.recipe_overridden))
-
-
 def wrap_for_training(model, device, args):
     """The module the train loop calls: `model` (already on the device) with --sync-bn's
     SyncBatchNorm, in DistributedDataParallel under torchrun or DataParallel over several
@@ -318,7 +310,7 @@ def wrap_for_training(model, device, args):
 def run(args, *, video, loss, build_criterion):
     start_time = time.time()
     print(f'==========\nArgs:{args}\n==========')
-    print_recipe(args)
+    options.print_recipe(args)
     utils.set_seed(args.seed)
     device = setup_device(args)
     use_gpu = device.type == 'cuda'
@@ -380,8 +372,8 @@ def run(args, *, video, loss, build_criterion):
     print('==> Start training')
     try:
         for epoch in range(start_epoch, args.max_epoch):
-            print(f'==> Epoch {epoch + 1}/{args.max_epoch}  (lr {scheduler.get_last_lr()[0]:.2e})')
             lr = scheduler.get_last_lr()[0]
+            print(f'==> Epoch {epoch + 1}/{args.max_epoch}  (lr {lr:.2e})')
             loss, rate = train_one_epoch(epoch, train_model, criterion, optimizer, center_optimizer, scaler,
                                          trainloader, device, args)
             if args.rank == 0:

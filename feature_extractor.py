@@ -28,8 +28,8 @@ def feature_net(checkpoint, device='cpu'):
     evaluation does.
     """
     model, config = models.from_checkpoint(checkpoint, device)
-    normalize = config['dist_metric'] == 'cosine' and not config['video']
-    return models.TestFeatureNet(model, flip=config['flip_test'], normalize=normalize).eval(), config
+    unit_length = config['dist_metric'] == 'cosine' and not config['video']
+    return models.TestFeatureNet(model, flip=config['flip_test'], normalize=unit_length).eval(), config
 
 
 class FeatureExtractor:

@@ -46,8 +46,8 @@ class TripletLoss(nn.Module):
     (other pid) by Euclidean distance give max(0, d_ap - d_an + margin); the loss is the mean
     over anchors. An anchor with no positive or no negative in the batch has no triplet and is
     left out of the mean; a batch with no triplet at all gives 0 (still connected to the graph,
-    so backward works and contributes nothing). Masks multiply rather than index, so the loss
-    never waits for the device (no host sync).
+    so backward works and contributes nothing). Masks select (masked_fill, where) rather than
+    index, so the loss never waits for the device (no host sync).
     inputs: features (B, D); targets: pids (B,).
     """
 
@@ -62,9 +62,9 @@ class TripletLoss(nn.Module):
         negative = ~same
         dist_ap = dist.masked_fill(~positive, float('-inf')).amax(dim=1)
         dist_an = dist.masked_fill(~negative, float('inf')).amin(dim=1)
-        has_triplet = (positive.any(dim=1) & negative.any(dim=1)).float()
+        has_triplet = positive.any(dim=1) & negative.any(dim=1)
         # An anchor without a triplet has an infinite term: zero it with where, not a product.
-        terms = torch.where(has_triplet > 0, F.relu(dist_ap - dist_an + self.margin), 0.0)
+        terms = torch.where(has_triplet, F.relu(dist_ap - dist_an + self.margin), 0.0)
         return terms.sum() / has_triplet.sum().clamp(min=1)
 
 

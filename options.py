@@ -10,8 +10,8 @@ import rerank
 from solver import OPTIMIZERS, SCHEDULERS
 from transforms import AUGMENTATIONS
 
-__all__ = ['UsageError', 'get_args_parser', 'recipe_settings', 'dataset_options', 'resolve_model_config',
-           'model_config']
+__all__ = ['UsageError', 'get_args_parser', 'recipe_settings', 'print_recipe', 'flag_name', 'dataset_options',
+           'resolve_model_config', 'model_config']
 
 
 class UsageError(Exception):
@@ -49,6 +49,20 @@ def recipe_settings(recipe, video, triplet):
     if video:
         settings.update(BOT_VIDEO_SCHEDULE[triplet])
     return settings
+
+
+def flag_name(dest):
+    """The command-line flag of an argument's destination: 'last_stride' -> '--last-stride'."""
+    return '--' + dest.replace('_', '-')
+
+
+def print_recipe(args):
+    """Say what --recipe set, and which of its settings flags given explicitly replaced."""
+    if args.recipe_set:
+        print(f'--recipe {args.recipe} sets: ' + ', '.join(f'{flag_name(k)} {v}' for k, v in args.recipe_set.items()))
+    if args.recipe_overridden:
+        print('  given explicitly instead: ' + ', '.join(f'{flag_name(k)} {getattr(args, k)}'
+                                                     for k in args.recipe_overridden))
 
 
 class ReIDArgumentParser(argparse.ArgumentParser):
@@ -299,7 +313,7 @@ def resolve_model_config(args, checkpoint=None):
             if key in recorded:
                 taken.append((key, values[key]))
         elif authoritative and key in models.SHAPING_OPTIONS and value != recorded[key]:
-            flag = '--' + ('bnneck' if key == 'neck' else key.replace('_', '-'))
+            flag = flag_name('bnneck' if key == 'neck' else key)
             raise ValueError(f'{flag} {value} contradicts the checkpoint {args.resume}, whose model has '
                              f'{key} = {recorded[key]}; leave the flag out to use the checkpoint\'s')
     args.arch, args.last_stride, args.neck_feat = values['arch'], values['last_stride'], values['neck_feat']

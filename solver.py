@@ -61,5 +61,4 @@ def build_scheduler(optimizer, args, start_epoch=0):
                      warmup_epochs=args.warmup_epochs, warmup_factor=args.warmup_factor)
     for group in optimizer.param_groups:
         group.setdefault('initial_lr', group['lr'])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=start_epoch - 1)
-    return scheduler
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=start_epoch - 1)

@@ -114,8 +114,9 @@ class TrainingLog:
     history: loss per epoch, Rank-1 and mAP at evaluation epochs, learning rate. Epochs are the
     1-based numbers the scripts print. A resumed run appends to the same files: the first
     epoch() call drops any record of that epoch or later (written by the interrupted run after
-    its last checkpoint; a new run from epoch 1 in the same save_dir thus starts afresh). tensorboard=True also writes TensorBoard event files under
-    <save_dir>/tensorboard when the package is installed (a note says so when it is not).
+    its last checkpoint; a new run from epoch 1 in the same save_dir thus starts afresh).
+    tensorboard=True also writes TensorBoard event files under <save_dir>/tensorboard when the
+    package is installed (a note says so when it is not).
     """
 
     def __init__(self, save_dir, tensorboard=False):

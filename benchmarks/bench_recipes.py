@@ -6,7 +6,8 @@
 Every row trains train_img_model_xent_htri.py from random initialisation on the same generated
 Market-1501-layout dataset (64 training identities), for the same number of epochs, with
 CPU-sized images (64x32) and batches (32 = 8 identities x 4) and a learning rate that suits
-random initialisation (1e-3), then prints mAP / Rank-1 per row with the command line of each. Rows: the classic defaults, --recipe bot, and bot minus each trick in turn.
+random initialisation (1e-3), then prints mAP / Rank-1 per row with the command line of each.
+Rows: the classic defaults, --recipe bot, and bot minus each trick in turn.
 The BoT warmup (10 of 120 epochs) is scaled to --epochs; no row decays the learning rate.
 Nothing here is tuned for the generated data: read the table as what these short,
 random-initialisation runs give, not as the published ImageNet-initialised figures.
