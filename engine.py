@@ -170,14 +170,15 @@ def extract_features(model, loader, device, flip=False, pool='avg', chunk=64, sp
     the cosine metric normalises them.
     """
     net = models.TestFeatureNet(model, flip=flip).eval()
+    dataset = loader.dataset.dataset if isinstance(loader.dataset, Subset) else loader.dataset
+    whole_tracklets = getattr(dataset, 'sample', None) == 'all'
     features, pids, camids = [], [], []
     progress, last_print = utils.Progress(len(loader.dataset)), time.time()
     for imgs, batch_pids, batch_camids in loader:
         imgs = normalize(imgs.to(device, non_blocking=True))
         if imgs.dim() == 5:
             frames = imgs.flatten(0, 1)
-            dataset = loader.dataset.dataset if isinstance(loader.dataset, Subset) else loader.dataset
-            step = chunk if getattr(dataset, 'sample', None) == 'all' else len(frames)
+            step = chunk if whole_tracklets else len(frames)
             frame_features = torch.cat([net(part) for part in frames.split(step)])
             features.append(models.temporal_pool(frame_features.view(imgs.shape[0], imgs.shape[1], -1), pool))
         else:
