@@ -148,7 +148,8 @@ def build_train_loader(args, dataset, video, triplet, use_gpu):
     the samplers, seeded by --seed and the epoch (set_epoch), give the ranks together the
     batches of a single process (P x K: whole identities per rank), augmented alike.
     """
-    transform_train, _ = build_transforms(args.height, args.width, args.augment, args.random_erasing)
+    transform_train, _ = build_transforms(args.height, args.width, args.augment, args.random_erasing,
+                                          fill_mean=args.pixel_mean)
     clip_train = video and args.clip_train
     train_items = dataset.train if not video or clip_train else frames_of(dataset.train)
     if clip_train:
@@ -215,16 +216,15 @@ def build_target(args, dataset, video, use_gpu):
     return Target(dataset, test_loader('query'), test_loader('gallery'))
 
 
-def load_data(args, video, triplet, use_gpu):
-    """(train dataset, trainloader, [Target]): the union of the -d datasets for training, and
-    each --target (default: the -d datasets) that has a query/gallery split for testing."""
+def load_datasets(args):
+    """(train dataset, [test datasets]): the union of the -d datasets for training, and each
+    --target (default: the -d datasets) that has a query/gallery split for testing."""
     def load(name):
         return data_manager.init_dataset(name, root=args.root, **options.dataset_options(args))
 
     train_sets = [load(name) for name in args.dataset]
     train_data = train_sets[0] if len(train_sets) == 1 else data_manager.combine_train(train_sets)
-    trainloader = build_train_loader(args, train_data, video, triplet, use_gpu)
-    targets = []
+    test_sets = []
     for name in args.target or args.dataset:
         dataset = next((d for d in train_sets if d.name == name), None) or load(name)
         if not dataset.has_test_split:
@@ -233,7 +233,14 @@ def load_data(args, video, triplet, use_gpu):
         if not dataset.has_camera_ids:
             print(f'Note: {name} has no camera ids, so cross-camera filtering is off: a query is only kept '
                   f'from matching the very same image or tracklet; every other gallery entry counts')
-        targets.append(build_target(args, dataset, video, use_gpu))
-    if not targets:
+        test_sets.append(dataset)
+    if not test_sets:
         print('Note: no dataset to evaluate on: evaluation is disabled; checkpoints are still written')
-    return train_data, trainloader, targets
+    return train_data, test_sets
+
+
+def build_loaders(args, train_data, test_sets, video, triplet, use_gpu):
+    """(trainloader, [Target]) of load_datasets' datasets, once args.pixel_mean is known (the
+    random-erasing fill is the mean pixel of the weights' normalisation)."""
+    return (build_train_loader(args, train_data, video, triplet, use_gpu),
+            [build_target(args, dataset, video, use_gpu) for dataset in test_sets])

@@ -22,7 +22,7 @@ import rerank
 import solver
 import utils
 import visualize
-from dataset_loader import ImageReadError, load_data
+from dataset_loader import ImageReadError, build_loaders, load_datasets
 from eval_metrics import (NoValidQueryError, evaluate_blocks, evaluate_features, format_verification,
                           pairwise_distance)
 from options import UsageError
@@ -75,8 +75,9 @@ def autocast_dtype(args, device):
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def train_step(model, criterion, optimizer, center_optimizer, scaler, imgs, pids, amp_dtype):
+def train_step(model, criterion, optimizer, center_optimizer, scaler, imgs, pids, amp_dtype, camids=None):
     """One optimizer step on a batch; returns the loss (a 0-d tensor on the device, not synced).
+    camids (B,) reach models with a camera embedding (the others ignore them).
 
     The GradScaler (enabled for float16 only) skips the step when the scaled gradients
     overflow, which is normal in float16 and is not an error; a non-finite loss is (the losses
@@ -85,7 +86,7 @@ def train_step(model, criterion, optimizer, center_optimizer, scaler, imgs, pids
     the term for the network only (as the BoT reference does).
     """
     with torch.autocast(imgs.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        loss = criterion(model(imgs), pids)
+        loss = criterion(model(imgs, camids), pids)
     optimizer.zero_grad(set_to_none=True)
     if center_optimizer is not None:
         center_optimizer.zero_grad(set_to_none=True)
@@ -117,12 +118,13 @@ def train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, scaler
     first_bad = torch.full((), len(trainloader), device=device)  # batch index; len: none yet
     world_size = utils.get_world_size()
     progress = utils.Progress(len(trainloader) * trainloader.batch_size * world_size)
-    for batch_idx, (imgs, pids, _) in enumerate(trainloader):
+    for batch_idx, (imgs, pids, camids) in enumerate(trainloader):
         imgs, pids = imgs.to(device, non_blocking=True), pids.to(device, non_blocking=True)
+        camids = camids.to(device, non_blocking=True) if args.num_cameras else None
         if imgs.dim() == 4:
             imgs = imgs.contiguous(memory_format=channels_last)
-        imgs = normalize(imgs)
-        loss = train_step(model, criterion, optimizer, center_optimizer, scaler, imgs, pids, amp_dtype)
+        imgs = normalize(imgs, args.pixel_mean, args.pixel_std)
+        loss = train_step(model, criterion, optimizer, center_optimizer, scaler, imgs, pids, amp_dtype, camids)
         loss_sum += loss
         first_bad = torch.where(torch.isfinite(loss) | (first_bad < batch_idx), first_bad, batch_idx)
         progress.update(pids.size(0) * world_size)
@@ -158,8 +160,12 @@ def read_loss(loss, mean_loss, first_bad, epoch, trainloader, args):
 
 
 @torch.inference_mode()
-def extract_features(model, loader, device, flip=False, pool='avg', chunk=64, split='', every=10.0):
+def extract_features(model, loader, device, flip=False, pool='avg', chunk=64, split='', every=10.0,
+                     pixel_mean=None, pixel_std=None):
     """Test features of a split: ((N, D) float32 on the device, pids (N,), camids (N,)).
+
+    Images are normalised with pixel_mean / pixel_std (default ImageNet's); a model with a camera
+    embedding reads each sample's camid (an id outside its training cameras counts as unknown).
 
     A long split prints a progress line (done, rate, time left) every `every` seconds.
 
@@ -175,14 +181,17 @@ def extract_features(model, loader, device, flip=False, pool='avg', chunk=64, sp
     features, pids, camids = [], [], []
     progress, last_print = utils.Progress(len(loader.dataset)), time.time()
     for imgs, batch_pids, batch_camids in loader:
-        imgs = normalize(imgs.to(device, non_blocking=True))
+        imgs = normalize(imgs.to(device, non_blocking=True), pixel_mean, pixel_std)
+        cams = batch_camids.to(device) if model.num_cameras else None
         if imgs.dim() == 5:
             frames = imgs.flatten(0, 1)
+            frame_cams = None if cams is None else cams.repeat_interleave(imgs.shape[1])
             step = chunk if whole_tracklets else len(frames)
-            frame_features = torch.cat([net(part) for part in frames.split(step)])
+            frame_features = torch.cat([net(part, None if frame_cams is None else frame_cams[i:i + step])
+                                        for i, part in zip(range(0, len(frames), step), frames.split(step))])
             features.append(models.temporal_pool(frame_features.view(imgs.shape[0], imgs.shape[1], -1), pool))
         else:
-            features.append(net(imgs))
+            features.append(net(imgs, cams))
         pids.append(batch_pids)
         camids.append(batch_camids)
         progress.update(len(batch_pids))
@@ -198,7 +207,8 @@ def extract_split(model, loader, device, args, split):
     pool, chunk = getattr(args, 'pool', 'avg'), getattr(args, 'test_chunk', 64)
     amp_dtype = autocast_dtype(args, device)
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        features, pids, camids = extract_features(model, loader, device, args.flip_test, pool, chunk, split)
+        features, pids, camids = extract_features(model, loader, device, args.flip_test, pool, chunk, split,
+                                                  pixel_mean=args.pixel_mean, pixel_std=args.pixel_std)
     if not utils.is_distributed():
         return features, pids, camids
     # NCCL gathers device tensors only: ids travel on the device too.
@@ -308,6 +318,34 @@ def wrap_for_training(model, device, args):
     return torch.compile(wrapped) if args.compile else wrapped
 
 
+def build_model(args, num_classes, loss):
+    """The model of the resolved flags, with its pretrained weights (none with --resume: the
+    checkpoint replaces them, so nothing is fetched). Fills in what the weights decide: the pixel
+    mean/std when neither a flag nor the checkpoint gave them, and --recipe vit's learning rate."""
+    model = models.init_model(args.arch, num_classes=num_classes, loss=loss,
+                              pretrained=not (args.no_pretrained or args.resume),
+                              pretrained_path=None if args.resume else args.pretrained_path,
+                              pool=getattr(args, 'pool', 'avg'), last_stride=args.last_stride,
+                              neck='bnneck' if args.bnneck else 'none', neck_feat=args.neck_feat,
+                              global_pool=args.global_pool, height=args.height, width=args.width,
+                              patch_stride=args.patch_stride, num_cameras=args.num_cameras,
+                              camera_weight=args.camera_embedding_weight, drop_path=args.drop_path,
+                              pretrained_grid=args.pretrained_grid)
+    report = model.pretrained_report
+    if report is not None:
+        print(report)
+    if args.pixel_mean is None or args.pixel_std is None:
+        default = (report.pixel_mean, report.pixel_std) if report else (models.CONFIG_DEFAULTS['pixel_mean'],
+                                                                        models.CONFIG_DEFAULTS['pixel_std'])
+        args.pixel_mean, args.pixel_std = args.pixel_mean or default[0], args.pixel_std or default[1]
+    if args.lr is None:
+        person = report is not None and report.person_pretrained
+        args.lr = options.VIT_LR['person' if person else 'imagenet']
+        print(f'--recipe {args.recipe}: --lr {args.lr} (' + ('person-pretrained' if person else 'ImageNet or no')
+              + ' weights)')
+    return model
+
+
 def run(args, *, video, loss, build_criterion):
     start_time = time.time()
     print(f'==========\nArgs:{args}\n==========')
@@ -327,19 +365,21 @@ def run(args, *, video, loss, build_criterion):
         print('From the checkpoint: ' + ', '.join(f'{k} {v}' for k, v in taken))
 
     print(f'Initializing dataset {" + ".join(args.dataset)}')
-    dataset, trainloader, targets = load_data(args, video, 'htri' in loss, use_gpu)
+    dataset, test_sets = load_datasets(args)
+
+    if args.camera_embedding and not args.num_cameras:
+        if dataset.num_train_cams < 2:
+            raise UsageError(f'--camera-embedding needs training data from several cameras; {" + ".join(args.dataset)} '
+                             f'has {dataset.num_train_cams} (a folder without camera ids counts as one)')
+        args.num_cameras = dataset.num_train_cams
 
     print(f'Initializing model: {args.arch}')
-    model_loss = loss | {'cent'} if args.center_loss > 0 else loss
-    # With --resume the checkpoint replaces the ImageNet weights: do not fetch them.
-    model = models.init_model(args.arch, num_classes=dataset.num_train_pids, loss=model_loss,
-                              pretrained=not (args.no_pretrained or args.resume),
-                              pretrained_path=args.pretrained_path, pool=getattr(args, 'pool', 'avg'),
-                              last_stride=args.last_stride, neck='bnneck' if args.bnneck else 'none',
-                              neck_feat=args.neck_feat)
+    model = build_model(args, dataset.num_train_pids, loss | {'cent'} if args.center_loss > 0 else loss)
     print(f'Model size: {sum(p.numel() for p in model.parameters()) / 1e6:.5f}M')
+    trainloader, targets = build_loaders(args, dataset, test_sets, video, 'htri' in loss, use_gpu)
     criterion = build_criterion(args, dataset.num_train_pids, model.feat_dim).to(device)
-    optimizer = solver.build_optimizer(model.parameters(), args.optim, args.lr, args.weight_decay, args.momentum)
+    optimizer = solver.build_optimizer(solver.param_groups(model, args.bias_lr_factor), args.optim, args.lr,
+                                       args.weight_decay, args.momentum)
     center_optimizer = None
     if criterion.center is not None:
         center_optimizer = torch.optim.SGD(criterion.center.parameters(), lr=args.center_lr)

@@ -3,8 +3,10 @@
     python export_onnx.py --resume log/bot-market1501/best_model.pth.tar --output reid.onnx
 
 Input 'images': (batch, 3, height, width) float32 RGB, scaled to [0, 1] then normalised with the
-ImageNet mean and std (transforms.IMAGENET_MEAN / IMAGENET_STD), resized to the checkpoint's
-input size as the evaluation does. Output 'features': (batch, D), the evaluation's test feature
+checkpoint's pixel mean and std (ImageNet's unless its pretrained weights had others; stored in the
+metadata as 'input_mean' / 'input_std'), resized to the checkpoint's input size as the evaluation
+does. A model with a camera embedding has a second input 'camids': (batch,) int64, each image's
+camera id as training numbered them, or -1 for an unknown camera (the camera-agnostic feature). Output 'features': (batch, D), the evaluation's test feature
 (flip averaging, neck feature, and L2 normalisation for a cosine checkpoint, all inside the
 graph): rank by squared Euclidean distance. For a video checkpoint the graph is the per-frame
 network: average (or max, the checkpoint's 'pool') the frame features of a tracklet, then, for a
@@ -22,7 +24,6 @@ import torch
 
 import utils
 from feature_extractor import feature_net
-from transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def get_args_parser():
@@ -40,14 +41,21 @@ def export(checkpoint, output, batch='dynamic', height=None, width=None):
     """Write the ONNX file; return (network, its model config, example input) for checking it."""
     net, config = feature_net(checkpoint)
     height, width = height or config['height'], width or config['width']
-    example = torch.randn(2 if batch == 'dynamic' else batch, 3, height, width)
-    dynamic_shapes = {'images': {0: torch.export.Dim('batch')}} if batch == 'dynamic' else None
-    torch.onnx.export(net, (example,), output, input_names=['images'], output_names=['features'],
+    example = (torch.randn(2 if batch == 'dynamic' else batch, 3, height, width),)
+    names = ['images']
+    if config['num_cameras']:
+        example += (torch.arange(len(example[0])) % config['num_cameras'],)
+        names.append('camids')
+    dynamic_shapes = None
+    if batch == 'dynamic':
+        batch_dim = torch.export.Dim('batch', min=1)
+        dynamic_shapes = ({0: batch_dim},) + (({0: batch_dim},) if len(names) > 1 else ())
+    torch.onnx.export(net, example, output, input_names=names, output_names=['features'],
                       dynamic_shapes=dynamic_shapes, external_data=False, verbose=False)
     # Record what a user of the file needs and cannot see in the graph.
     onnx_model = onnx.load(output)
-    metadata = {'reid_config': json.dumps(config), 'input_mean': json.dumps(IMAGENET_MEAN),
-                'input_std': json.dumps(IMAGENET_STD)}
+    metadata = {'reid_config': json.dumps(config), 'input_mean': json.dumps(config['pixel_mean']),
+                'input_std': json.dumps(config['pixel_std'])}
     for key, value in metadata.items():
         onnx_model.metadata_props.add(key=key, value=value)
     onnx.save(onnx_model, output)
@@ -69,8 +77,9 @@ def main():
         print(f'error: {error}', file=sys.stderr)
         sys.exit(1)
     net, config, example = export(checkpoint, args.output, args.batch, args.height, args.width)
-    shape = ('batch' if args.batch == 'dynamic' else args.batch, *example.shape[1:])
-    print(f'Wrote {args.output}: images {shape} -> features ({shape[0]}, {net.model.feat_dim})')
+    shape = ('batch' if args.batch == 'dynamic' else args.batch, *example[0].shape[1:])
+    cameras = f' + camids ({shape[0]},)' if len(example) > 1 else ''
+    print(f'Wrote {args.output}: images {shape}{cameras} -> features ({shape[0]}, {net.model.feat_dim})')
     if config['video']:
         print(f"Video checkpoint: these are per-frame features; pool a tracklet's frames ({config['pool']})"
               + (', then L2-normalise' if config['dist_metric'] == 'cosine' else ''))
@@ -80,8 +89,8 @@ def main():
         return
     session = onnxruntime.InferenceSession(args.output, providers=['CPUExecutionProvider'])
     with torch.inference_mode():
-        expected = net(example).numpy()
-    got = session.run(None, {'images': example.numpy()})[0]
+        expected = net(*example).numpy()
+    got = session.run(None, dict(zip(('images', 'camids'), (x.numpy() for x in example))))[0]
     print(f'onnxruntime check on a random batch: max |onnx - torch| = {np.abs(got - expected).max():.2e}')
 
 

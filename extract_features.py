@@ -2,6 +2,8 @@
 
     python extract_features.py --resume log/bot-market1501/best_model.pth.tar \\
         --input data/market1501/query --output query_feats.npz
+    # a pretrained backbone before any re-ID training (zero-shot):
+    python extract_features.py -a vit_small --pretrained-path vit_small_cfs_lup.pth --input crops --output f.npz
 
 --input: a folder (every image below it, sorted by path) or a text file with one image path per
 line. For a video checkpoint each item is a tracklet: every folder that holds images is one
@@ -9,10 +11,13 @@ line. For a video checkpoint each item is a tracklet: every folder that holds im
 --output by extension: .npz (arrays 'features' (N, D) float32 and 'paths' (N,)), .h5 (datasets
 'features' and 'paths'), or .npy (the features; the paths go to a .txt file beside it, one a line).
 The features are those of the evaluation (feature_extractor.FeatureExtractor): rank them by
-squared Euclidean distance.
+squared Euclidean distance. A model with a camera embedding takes each image's camera from its
+file name with --camera-pattern (c3 -> camera id 2, as the benchmark parsers number them); without
+it, or for a name without a match, the feature is the camera-agnostic one.
 """
 import argparse
 import os
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +28,9 @@ import torch
 
 import utils
 from dataset_loader import ImageReadError, read_image
-from feature_extractor import FeatureExtractor
+import models
+import weights
+from feature_extractor import FeatureExtractor, pretrained_checkpoint
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 OUTPUT_EXTENSIONS = ('.npz', '.h5', '.npy')
@@ -35,7 +42,17 @@ class InputError(Exception):
 
 def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--resume', required=True, metavar='CKPT', help='checkpoint of a training script')
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument('--resume', metavar='CKPT', help='checkpoint of a training script')
+    model.add_argument('-a', '--arch', type=arch_name, metavar='ARCH',
+                       help='instead of a checkpoint: this model with --pretrained-path weights (zero-shot)')
+    parser.add_argument('--pretrained-path', metavar='FILE', help='with -a: the pretrained weights file')
+    parser.add_argument('--pretrained-grid', type=grid, metavar='ROWSxCOLS',
+                        help='with -a: patch grid of the file\'s position table when it cannot be recognised')
+    parser.add_argument('--height', type=int, default=256, help='with -a: input height (default: %(default)s)')
+    parser.add_argument('--width', type=int, default=128, help='with -a: input width (default: %(default)s)')
+    parser.add_argument('--camera-pattern', metavar='REGEX',
+                        help=r'camera number in a file name, e.g. c(\d+), for a model with a camera embedding')
     parser.add_argument('--input', required=True, metavar='DIR|LIST.txt', help='image folder or list file')
     parser.add_argument('--output', required=True, metavar='FILE', help='features file: .npz, .h5 or .npy')
     parser.add_argument('--batch-size', type=int, default=64, help='images per forward pass (default: %(default)s)')
@@ -46,6 +63,26 @@ def get_args_parser():
     parser.add_argument('--skip-bad-images', action='store_true',
                         help='skip unreadable images (listed at the end) instead of stopping')
     return parser
+
+
+def arch_name(value):
+    try:
+        return models.check_arch(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def grid(value):
+    try:
+        return weights.parse_grid(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def camera_id(name, pattern):
+    """0-based camera id from a file name ('c3' -> 2 with c(\d+)), or -1 (unknown) without a match."""
+    match = pattern.search(os.path.basename(name))
+    return int(match[1]) - 1 if match else -1
 
 
 def is_image(name):
@@ -97,7 +134,14 @@ def extract(args):
         raise InputError(f'--output {args.output}: use a .npz, .h5 or .npy file name')
     if torch.device(args.device).type == 'cuda' and not torch.cuda.is_available():
         raise InputError(f'--device {args.device}: CUDA is not available here; use --device cpu')
-    extractor = FeatureExtractor(args.resume, device=args.device, batch_size=args.batch_size, amp=args.amp)
+    checkpoint = args.resume or pretrained_checkpoint(args.arch, args.pretrained_path, args.height, args.width,
+                                                      args.pretrained_grid)
+    extractor = FeatureExtractor(checkpoint, device=args.device, batch_size=args.batch_size, amp=args.amp)
+    pattern = re.compile(args.camera_pattern) if args.camera_pattern else None
+    if extractor.num_cameras:
+        print(f'The model has a camera embedding ({extractor.num_cameras} cameras): '
+              + (f'camera ids from the file names ({args.camera_pattern})' if pattern else
+                 'no --camera-pattern, so every feature is the camera-agnostic one'))
     items, names = list_inputs(args.input, extractor.video)
     unit = 'tracklets' if extractor.video else 'images'
     print(f'Extracting {extractor.feat_dim}-d features of {len(items)} {unit} from {args.input} on {args.device}')
@@ -129,7 +173,8 @@ def extract(args):
             for name, x in loaded:
                 (skipped if isinstance(x, ImageReadError) else good).append((name, x))
             if good:
-                features.append(extractor([x for _, x in good]))
+                camids = [camera_id(name, pattern) for name, _ in good] if pattern and extractor.num_cameras else None
+                features.append(extractor([x for _, x in good], camids=camids))
                 kept += [name for name, _ in good]
             progress.update(len(items[first:first + per_chunk]))
             if time.time() - last_print >= 5 or progress.done == len(items):
@@ -152,9 +197,17 @@ def main():
     args = parser.parse_args()
     if args.batch_size < 1:
         parser.error(f'--batch-size must be positive, got {args.batch_size}')
+    if args.arch is None and (args.pretrained_path or args.pretrained_grid):
+        parser.error('--pretrained-path and --pretrained-grid go with -a ARCH (a checkpoint records its own weights)')
+    if args.camera_pattern:
+        try:
+            if re.compile(args.camera_pattern).groups < 1:
+                parser.error(f'--camera-pattern {args.camera_pattern}: needs a group around the camera number')
+        except re.error as error:
+            parser.error(f'--camera-pattern {args.camera_pattern}: {error}')
     try:
         extract(args)
-    except (InputError, ImageReadError, utils.CheckpointError) as error:
+    except (InputError, ImageReadError, utils.CheckpointError, models.PretrainedWeightsError) as error:
         print(f'error: {error}', file=sys.stderr)
         sys.exit(1)
 

@@ -51,9 +51,10 @@ class TripletLoss(nn.Module):
     inputs: features (B, D); targets: pids (B,).
     """
 
-    def __init__(self, margin=0.3):
+    def __init__(self, margin=0.3, soft=False):
         super().__init__()
         self.margin = margin
+        self.soft = soft
 
     def forward(self, inputs, targets):
         dist = pairwise_euclidean(inputs)
@@ -64,7 +65,9 @@ class TripletLoss(nn.Module):
         dist_an = dist.masked_fill(~negative, float('inf')).amin(dim=1)
         has_triplet = positive.any(dim=1) & negative.any(dim=1)
         # An anchor without a triplet has an infinite term: zero it with where, not a product.
-        terms = torch.where(has_triplet, F.relu(dist_ap - dist_an + self.margin), 0.0)
+        gap = dist_ap - dist_an
+        # soft: TransReID's SoftMarginLoss(d_an - d_ap, 1) = log(1 + exp(d_ap - d_an)), no margin.
+        terms = torch.where(has_triplet, F.softplus(gap) if self.soft else F.relu(gap + self.margin), 0.0)
         return terms.sum() / has_triplet.sum().clamp(min=1)
 
 
@@ -105,12 +108,12 @@ class ReIDLoss(nn.Module):
     """
 
     def __init__(self, num_classes, label_smooth=0.1, margin=None, htri_only=False, center_weight=0.0,
-                 feat_dim=None):
+                 feat_dim=None, soft_margin=False):
         super().__init__()
         if htri_only and margin is None:
             raise ValueError('htri_only needs the triplet loss (a margin)')
         self.xent = CrossEntropyLabelSmooth(num_classes, epsilon=label_smooth)
-        self.htri = TripletLoss(margin) if margin is not None else None
+        self.htri = TripletLoss(margin, soft=soft_margin) if margin is not None else None
         self.htri_only = htri_only
         self.center_weight = center_weight
         self.center = CenterLoss(num_classes, feat_dim) if center_weight > 0 else None

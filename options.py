@@ -7,6 +7,7 @@ import os
 import data_manager
 import models
 import rerank
+import weights
 from solver import OPTIMIZERS, SCHEDULERS
 from transforms import AUGMENTATIONS
 
@@ -29,6 +30,18 @@ BOT = {
     'label_smooth': 0.1, 'last_stride': 1, 'bnneck': True, 'neck_feat': 'after', 'center_loss': 5e-4,
     'center_lr': 0.5, 'dist_metric': 'cosine',
 }
+# The published ViT fine-tune (TransReID baseline, PersonViT): SGD momentum 0.9, batch 64 (16 x 4),
+# 120 epochs, 5 warmup epochs from 0.01 x lr then cosine, weight decay 1e-4, bias lr x2, flip +
+# pad-crop + random erasing 0.5, no label smoothing, soft-margin triplet, drop-path 0.1, BNNeck, and
+# the feature before the BN with cosine distance. The base lr depends on the weights: 0.008 from
+# ImageNet ones, 4e-4 from person-pretrained ones (lr None: engine picks it once the weights are read).
+VIT = {
+    'optim': 'sgd', 'momentum': 0.9, 'lr': None, 'weight_decay': 1e-4, 'bias_lr_factor': 2.0, 'train_batch': 64,
+    'num_instances': 4, 'max_epoch': 120, 'lr_scheduler': 'cosine', 'warmup_epochs': 5, 'warmup_factor': 0.01,
+    'augment': 'pad-crop', 'random_erasing': 0.5, 'label_smooth': 0.0, 'soft_margin': True, 'drop_path': 0.1,
+    'bnneck': True, 'neck_feat': 'before', 'center_loss': 0.0, 'dist_metric': 'cosine',
+}
+VIT_LR = {'imagenet': 8e-3, 'person': 4e-4}
 # Video: the same schedule shape stretched to the classic video scripts' lengths (frames are
 # trained as images, so an epoch of the xent script is every frame of MARS, and one of the
 # triplet script is P x K frames per identity): 15 epochs (warmup 1, decay at 5 and 9) and
@@ -43,10 +56,11 @@ def recipe_settings(recipe, video, triplet):
     """The flag defaults a --recipe sets (flags given explicitly still win)."""
     if recipe == 'classic':
         return {}
-    settings = dict(BOT)
+    settings = dict(BOT if recipe == 'bot' else VIT)
     if not triplet:
-        del settings['num_instances']
-    if video:
+        for key in ('num_instances', 'soft_margin'):
+            settings.pop(key, None)
+    if video and recipe == 'bot':
         settings.update(BOT_VIDEO_SCHEDULE[triplet])
     return settings
 
@@ -59,7 +73,9 @@ def flag_name(dest):
 def print_recipe(args):
     """Say what --recipe set, and which of its settings flags given explicitly replaced."""
     if args.recipe_set:
-        print(f'--recipe {args.recipe} sets: ' + ', '.join(f'{flag_name(k)} {v}' for k, v in args.recipe_set.items()))
+        shown = {k: ('auto (0.008 from ImageNet weights, 4e-4 from person-pretrained ones)' if v is None else v)
+                 for k, v in args.recipe_set.items()}
+        print(f'--recipe {args.recipe} sets: ' + ', '.join(f'{flag_name(k)} {v}' for k, v in shown.items()))
     if args.recipe_overridden:
         print('  given explicitly instead: ' + ', '.join(f'{flag_name(k)} {getattr(args, k)}'
                                                      for k in args.recipe_overridden))
@@ -119,6 +135,19 @@ class ReIDArgumentParser(argparse.ArgumentParser):
             self.error(f'--amp-dtype {args.amp_dtype} needs --amp')
         if args.pretrained_path and not os.path.isfile(args.pretrained_path):
             self.error(f'--pretrained-path {args.pretrained_path}: no such file')
+        if args.pretrained_grid is not None:
+            try:
+                args.pretrained_grid = weights.parse_grid(args.pretrained_grid)
+            except ValueError as error:
+                self.error(str(error))
+        for flag in ('pixel_mean', 'pixel_std'):
+            values = getattr(args, flag)
+            if values is not None and (flag == 'pixel_std' and min(values) <= 0 or max(values) > 1.0001):
+                self.error(f'{flag_name(flag)} takes three values in [0, 1] (std > 0), for R, G and B; got {values}')
+        if args.lr is not None and args.lr <= 0:
+            self.error(f'--lr must be positive, got {args.lr}')
+        if not 0 <= args.drop_path < 1:
+            self.error(f'--drop-path is a probability in [0, 1), got {args.drop_path}')
         if self.triplet:
             if args.num_instances < 1:
                 self.error(f'--num-instances must be positive, got {args.num_instances}')
@@ -139,9 +168,10 @@ def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False
     checkpoint being resumed, or from the defaults."""
     parser = ReIDArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 video=video, triplet=triplet)
-    parser.add_argument('--recipe', default='classic', choices=('classic', 'bot'),
+    parser.add_argument('--recipe', default='classic', choices=('classic', 'bot', 'vit'),
                         help='classic: the deep-person-reid defaults; bot: the strong baseline of Luo et al. '
-                             '(CVPR-W 2019), printed at start; flags given explicitly win (default: %(default)s)')
+                             '(CVPR-W 2019); vit: the TransReID / PersonViT ViT fine-tune; printed at start; '
+                             'flags given explicitly win (default: %(default)s)')
 
     data = parser.add_argument_group('data')
     data.add_argument('-d', '--dataset', nargs='+', default=['mars' if video else 'market1501'],
@@ -183,6 +213,8 @@ def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False
     optim.add_argument('--test-batch', default=test_batch, type=int,
                        help='tracklets per test batch' if video else 'images per test batch')
     optim.add_argument('--lr', '--learning-rate', default=3e-4, type=float)
+    optim.add_argument('--bias-lr-factor', default=1.0, type=float,
+                       help='learning rate of biases = this x --lr (TransReID: 2) (default: %(default)s)')
     optim.add_argument('--weight-decay', default=5e-4, type=float)
     optim.add_argument('--lr-scheduler', default='step', choices=SCHEDULERS,
                        help='step: x gamma every --stepsize epochs; multistep: x gamma at each of --milestones; '
@@ -207,19 +239,43 @@ def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False
         loss.add_argument('--num-instances', type=int, default=4,
                           help='K, instances per identity in a batch (P = train-batch / K)')
         loss.add_argument('--htri-only', action='store_true', help='train with the triplet loss alone')
+        loss.add_argument('--soft-margin', action=argparse.BooleanOptionalAction, default=False,
+                          help='soft-margin triplet loss, log(1 + exp(d_ap - d_an)), instead of --margin '
+                               '(TransReID) (default: off)')
 
     arch = parser.add_argument_group('model (recorded in checkpoints; default: the checkpoint\'s, else the classic model)')
-    arch.add_argument('-a', '--arch', choices=models.get_names(), help='default: resnet50')
+    arch.add_argument('-a', '--arch', type=arch_name, metavar='ARCH',
+                      help=f'{", ".join(models.get_names())}, or timm:<any timm model name> (default: resnet50)')
     arch.add_argument('--last-stride', type=int, choices=(1, 2),
                       help='stride of the last ResNet stage; 1 doubles the final map (default: 2)')
     arch.add_argument('--bnneck', action=argparse.BooleanOptionalAction,
                       help='BatchNorm neck between feature and classifier (BoT)')
     arch.add_argument('--neck-feat', choices=('after', 'before'),
                       help='test feature after or before the BNNeck (default: after)')
+    arch.add_argument('--global-pool', choices=models.GLOBAL_POOLS,
+                      help='spatial pooling of CNNs and Swin: avg, max, or gem (generalised mean, learnable p) '
+                           '(default: avg)')
+    arch.add_argument('--patch-stride', type=int,
+                      help='ViTs: stride of the 16x16 patches; 12 overlaps them as TransReID does (default: 16)')
+    arch.add_argument('--camera-embedding', action=argparse.BooleanOptionalAction,
+                      help='ViTs: a learned embedding per training camera added to the tokens (TransReID SIE); '
+                           'camera ids are then read at test time too, unknown cameras get the mean embedding')
+    arch.add_argument('--camera-embedding-weight', type=float,
+                      help='weight of the camera embedding (default: 3.0, as TransReID)')
+    arch.add_argument('--drop-path', type=float, default=0.0, metavar='P',
+                      help='stochastic depth of transformers and timm models (default: %(default)s)')
     arch.add_argument('--no-pretrained', action='store_true',
-                      help='random initialisation instead of ImageNet weights (no download)')
+                      help='random initialisation instead of pretrained weights (no download)')
     arch.add_argument('--pretrained-path', metavar='PATH',
-                      help='local torchvision ImageNet weights file, e.g. resnet50-0676ba61.pth')
+                      help='local pretrained weights: torchvision / timm ImageNet, LUPerson, IBN-Net, TransReID(-SSL), '
+                           'PersonViT, SOLIDER, CLIP or CLIP-ReID files, recognised and converted (see the README)')
+    arch.add_argument('--pretrained-grid', metavar='ROWSxCOLS',
+                      help='the patch grid of the --pretrained-path position table when it cannot be recognised')
+    arch.add_argument('--pixel-mean', type=float, nargs=3, metavar=('R', 'G', 'B'),
+                      help="input normalisation mean (default: the pretrained weights', else the checkpoint's, "
+                           'else ImageNet\'s)')
+    arch.add_argument('--pixel-std', type=float, nargs=3, metavar=('R', 'G', 'B'),
+                      help='input normalisation std (default: as --pixel-mean)')
     if video:
         arch.add_argument('--seq-len', type=int, default=15, help='frames per clip')
         arch.add_argument('--pool', choices=('avg', 'max'), help='temporal pooling (default: avg)')
@@ -281,6 +337,14 @@ def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False
     return parser
 
 
+def arch_name(value):
+    """argparse type of -a: a known name or timm:<model>."""
+    try:
+        return models.check_arch(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
 def dataset_options(args):
     """The keyword options of data_manager.init_dataset from the flags."""
     return {'split_id': args.split_id, 'cuhk03_labeled': args.cuhk03_labeled,
@@ -292,8 +356,10 @@ def _flag_values(args):
     """The model config keys as the flags give them (None: not given)."""
     return {'arch': args.arch, 'last_stride': args.last_stride,
             'neck': None if args.bnneck is None else ('bnneck' if args.bnneck else 'none'),
-            'neck_feat': args.neck_feat, 'dist_metric': args.dist_metric, 'pool': getattr(args, 'pool', None),
-            'flip_test': args.flip_test, 'height': args.height, 'width': args.width}
+            'neck_feat': args.neck_feat, 'dist_metric': args.dist_metric, 'global_pool': args.global_pool,
+            'patch_stride': args.patch_stride, 'camera_weight': args.camera_embedding_weight,
+            'pool': getattr(args, 'pool', None), 'flip_test': args.flip_test, 'height': args.height,
+            'width': args.width, 'pixel_mean': args.pixel_mean, 'pixel_std': args.pixel_std}
 
 
 def resolve_model_config(args, checkpoint=None):
@@ -308,15 +374,31 @@ def resolve_model_config(args, checkpoint=None):
     taken = []
     values = _flag_values(args)
     for key, value in values.items():
+        if key in ('pixel_mean', 'pixel_std'):
+            continue
         if value is None:
             values[key] = recorded.get(key, models.CONFIG_DEFAULTS[key])
             if key in recorded:
                 taken.append((key, values[key]))
         elif authoritative and key in models.SHAPING_OPTIONS and value != recorded[key]:
-            flag = flag_name('bnneck' if key == 'neck' else key)
+            flag = flag_name({'neck': 'bnneck', 'camera_weight': 'camera_embedding_weight'}.get(key, key))
             raise ValueError(f'{flag} {value} contradicts the checkpoint {args.resume}, whose model has '
                              f'{key} = {recorded[key]}; leave the flag out to use the checkpoint\'s')
+    cameras = recorded.get('num_cameras', 0)
+    if authoritative and args.camera_embedding is not None and args.camera_embedding != bool(cameras):
+        raise ValueError(f'--{"" if args.camera_embedding else "no-"}camera-embedding contradicts the checkpoint '
+                         f'{args.resume}, whose model has {cameras or "no"} camera embeddings; leave the flag out')
+    if args.camera_embedding is None and cameras:
+        args.camera_embedding = True
+        taken.append(('camera_embedding', f'{cameras} cameras'))
+    args.num_cameras = cameras  # a fresh model takes the training set's count (engine.run)
     args.arch, args.last_stride, args.neck_feat = values['arch'], values['last_stride'], values['neck_feat']
+    args.global_pool, args.patch_stride = values['global_pool'], values['patch_stride']
+    args.camera_embedding_weight = values['camera_weight']
+    # The preprocessing: given, else the checkpoint's; else the pretrained weights' (engine.run).
+    args.pixel_mean = args.pixel_mean or recorded.get('pixel_mean')
+    args.pixel_std = args.pixel_std or recorded.get('pixel_std')
+    values.pop('pixel_mean'), values.pop('pixel_std')
     args.bnneck, args.dist_metric, args.flip_test = values['neck'] == 'bnneck', values['dist_metric'], values['flip_test']
     args.height, args.width = values['height'], values['width']
     if hasattr(args, 'pool'):
@@ -327,7 +409,10 @@ def resolve_model_config(args, checkpoint=None):
 def model_config(args, video):
     """The config a checkpoint records (models.CONFIG_DEFAULTS' keys) from resolved args."""
     return {'arch': args.arch, 'last_stride': args.last_stride, 'neck': 'bnneck' if args.bnneck else 'none',
-            'neck_feat': args.neck_feat, 'dist_metric': args.dist_metric, 'pool': getattr(args, 'pool', 'avg'),
+            'neck_feat': args.neck_feat, 'dist_metric': args.dist_metric, 'global_pool': args.global_pool,
+            'patch_stride': args.patch_stride, 'num_cameras': args.num_cameras,
+            'camera_weight': args.camera_embedding_weight, 'pixel_mean': list(args.pixel_mean),
+            'pixel_std': list(args.pixel_std), 'pool': getattr(args, 'pool', 'avg'),
             'flip_test': args.flip_test, 'height': args.height, 'width': args.width, 'video': video,
             'seq_len': getattr(args, 'seq_len', models.CONFIG_DEFAULTS['seq_len']),
             'test_sample': getattr(args, 'test_sample', models.CONFIG_DEFAULTS['test_sample'])}

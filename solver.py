@@ -9,14 +9,29 @@ from functools import partial
 
 import torch
 
-__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'build_optimizer', 'lr_factor', 'build_scheduler']
+__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'param_groups', 'build_optimizer', 'lr_factor', 'build_scheduler']
 
 OPTIMIZERS = ('adam', 'amsgrad', 'sgd')
 SCHEDULERS = ('step', 'multistep', 'cosine')
 
 
+def param_groups(model, bias_lr_factor=1.0):
+    """The model's trainable parameters for build_optimizer: one group, or with bias_lr_factor
+    != 1 a second group of the biases whose learning rate is that factor times the base one (the
+    TransReID recipe's BIAS_LR_FACTOR 2; its bias weight decay equals the others')."""
+    params = list(model.named_parameters())
+    if bias_lr_factor == 1:
+        return [p for _, p in params]
+    return [{'params': [p for n, p in params if not n.endswith('bias')]},
+            {'params': [p for n, p in params if n.endswith('bias')], 'lr_factor': bias_lr_factor}]
+
+
 def build_optimizer(params, name, lr, weight_decay, momentum=0.9):
-    """Adam (the classic recipe's), Adam with AMSGrad, or SGD with momentum."""
+    """Adam (the classic recipe's), Adam with AMSGrad, or SGD with momentum. params: tensors, or
+    groups from param_groups (a group's 'lr_factor' scales lr for it)."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{'params': group['params'], 'lr': lr * group.get('lr_factor', 1.0)} for group in params]
     if name == 'adam':
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == 'amsgrad':

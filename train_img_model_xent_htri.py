@@ -15,7 +15,8 @@ def get_args_parser():
 
 def build_criterion(args, num_classes, feat_dim):
     return ReIDLoss(num_classes, args.label_smooth, margin=args.margin, htri_only=args.htri_only,
-                    center_weight=args.center_loss, feat_dim=feat_dim)
+                    center_weight=args.center_loss, feat_dim=feat_dim,
+                    soft_margin=args.soft_margin)
 
 
 if __name__ == '__main__':

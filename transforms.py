@@ -50,7 +50,7 @@ class Random2DTranslation(torch.nn.Module):
         return f'height={self.height}, width={self.width}, p={self.p}'
 
 
-def build_transforms(height, width, augment='translate', random_erasing=0.0):
+def build_transforms(height, width, augment='translate', random_erasing=0.0, fill_mean=None):
     """(train, test) pipelines: PIL image -> uint8 tensor of shape (3, height, width), which
     `normalize` turns into the network's input.
 
@@ -61,7 +61,8 @@ def build_transforms(height, width, augment='translate', random_erasing=0.0):
     random_erasing: probability of erasing a random rectangle (Zhong et al., AAAI 2020) of 2-40%
     of the image area and aspect ratio 0.3-3.3, filled with the ImageNet mean pixel: the
     published recipe fills the normalised image with 0, which is that pixel up to its rounding
-    to uint8 (at most 0.009 in normalised units).
+    to uint8 (at most 0.009 in normalised units). fill_mean: the mean of another normalisation
+    (the pretrained weights' pixel mean, in [0, 1]) whose mean pixel fills instead.
     """
     if augment not in AUGMENTATIONS:
         raise ValueError(f'unknown augmentation {augment!r}; choose from {AUGMENTATIONS}')
@@ -70,13 +71,15 @@ def build_transforms(height, width, augment='translate', random_erasing=0.0):
     else:
         padding = max(1, round(10 * min(height / 256, width / 128)))
         geometry = [Resize((height, width)), RandomHorizontalFlip(), Pad(padding), RandomCrop((height, width))]
-    erasing = [RandomErasing(p=random_erasing, scale=(0.02, 0.4), ratio=(0.3, 3.3), value=MEAN_PIXEL)]
+    fill = MEAN_PIXEL if fill_mean is None else tuple(round(255 * m) for m in fill_mean)
+    erasing = [RandomErasing(p=random_erasing, scale=(0.02, 0.4), ratio=(0.3, 3.3), value=fill)]
     train = Compose(geometry + [ToImage()] + (erasing if random_erasing > 0 else []))
     test = Compose([Resize((height, width)), ToImage()])
     return train, test
 
 
-def normalize(imgs):
+def normalize(imgs, mean=None, std=None):
     """uint8 images (..., 3, H, W) from the pipelines above, on any device -> the network's
-    float32 input: scaled to [0, 1], minus the ImageNet mean, over the ImageNet std."""
-    return F.normalize(F.to_dtype(imgs, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
+    float32 input: scaled to [0, 1], minus the mean, over the std (per RGB channel; default
+    ImageNet's; the weights' own for person-pretrained and CLIP models)."""
+    return F.normalize(F.to_dtype(imgs, torch.float32, scale=True), list(mean or IMAGENET_MEAN), list(std or IMAGENET_STD))

@@ -8,10 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ['ReIDModel', 'TestFeatureNet', 'PretrainedWeightsError', 'temporal_pool', 'imagenet_backbone']
+__all__ = ['ReIDModel', 'TestFeatureNet', 'PretrainedWeightsError', 'temporal_pool', 'imagenet_backbone',
+           'GeneralizedMeanPooling', 'make_global_pool', 'GLOBAL_POOLS']
 
 NECKS = ('none', 'bnneck')
 NECK_FEATS = ('after', 'before')
+GLOBAL_POOLS = ('avg', 'max', 'gem')
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -25,6 +27,47 @@ def temporal_pool(frame_features, pool):
     if pool == 'max':
         return frame_features.amax(dim=1)
     raise ValueError(f"unknown temporal pooling {pool!r}; choose 'avg' or 'max'")
+
+
+class GeneralizedMeanPooling(nn.Module):
+    """Generalised-mean (GeM) pooling (Radenovic et al., TPAMI 2018) with a learnable exponent:
+    (N, C, H, W) -> (N, C), mean(x.clamp(min=eps) ** p) ** (1 / p) over H and W. p = 1 is average
+    pooling and p -> infinity max pooling; p starts at 3, as in fast-reid's GeM-p."""
+
+    def __init__(self, p=3.0, eps=1e-6):
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def forward(self, feature_map):
+        p = self.p.float()  # the power is unstable in float16 under autocast
+        pooled = feature_map.float().clamp(min=self.eps).pow(p).mean(dim=(2, 3))
+        return pooled.pow(1 / p).to(feature_map.dtype)
+
+    def extra_repr(self):
+        return f'p={self.p.item():.3f}, eps={self.eps}'
+
+
+class _GlobalPool(nn.Module):
+    """(N, C, H, W) -> (N, C) by 'avg' or 'max' over H and W."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, feature_map):
+        return feature_map.mean(dim=(2, 3)) if self.kind == 'avg' else feature_map.amax(dim=(2, 3))
+
+    def extra_repr(self):
+        return self.kind
+
+
+def make_global_pool(kind):
+    """The spatial pooling of a CNN or Swin feature map (--global-pool): 'avg', 'max' or 'gem'
+    (GeneralizedMeanPooling, whose p is a parameter: `global_pool.p` in the state dict)."""
+    if kind not in GLOBAL_POOLS:
+        raise ValueError(f'unknown global pooling {kind!r}; choose from {GLOBAL_POOLS}')
+    return GeneralizedMeanPooling() if kind == 'gem' else _GlobalPool(kind)
 
 
 class ReIDModel(nn.Module):
@@ -67,17 +110,23 @@ class ReIDModel(nn.Module):
         else:
             self.classifier = nn.Linear(feat_dim, num_classes)
 
-    def features(self, images):
-        """(N, C, H, W) images -> (N, feat_dim) pooled backbone features."""
+    num_cameras = 0  # models with a camera embedding (models.vit) set it and take camids
+
+    def features(self, images, camids=None):
+        """(N, C, H, W) images -> (N, feat_dim) pooled backbone features. camids (N,) are read by
+        models with a camera embedding only."""
         raise NotImplementedError
 
-    def forward(self, x):
+    def forward(self, x, camids=None):
+        """x: images (B, C, H, W) or clips (B, S, C, H, W); camids: (B,) camera ids, or None when
+        unknown (only models with num_cameras > 0 use them)."""
         if x.dim() == 5:
             batch, seq_len = x.shape[:2]
-            f = self.features(x.flatten(0, 1)).view(batch, seq_len, -1)
+            frame_camids = None if camids is None else camids.repeat_interleave(seq_len)
+            f = self._features(x.flatten(0, 1), frame_camids).view(batch, seq_len, -1)
             f = temporal_pool(f, self.pool)
         else:
-            f = self.features(x)
+            f = self._features(x, camids)
         f_neck = self.bottleneck(f) if self.neck == 'bnneck' else f
         if not self.training:
             return f_neck if self.neck_feat == 'after' else f
@@ -85,6 +134,9 @@ class ReIDModel(nn.Module):
         if self.loss == {'xent'}:
             return logits
         return logits, f
+
+    def _features(self, images, camids):
+        return self.features(images, camids) if self.num_cameras else self.features(images)
 
 
 class TestFeatureNet(nn.Module):
@@ -102,10 +154,11 @@ class TestFeatureNet(nn.Module):
         self.flip = flip
         self.normalize = normalize
 
-    def forward(self, images):
-        features = self.model(images)
+    def forward(self, images, camids=None):
+        """images (B, 3, H, W), camids (B,) or None (unknown cameras) -> (B, feat_dim)."""
+        features = self.model(images, camids)
         if self.flip:
-            features = (features + self.model(images.flip(dims=[3]))) / 2
+            features = (features + self.model(images.flip(dims=[3]), camids)) / 2
         return F.normalize(features, dim=1) if self.normalize else features
 
 

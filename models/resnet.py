@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 
-from .base import ReIDModel, imagenet_backbone
+from .base import ReIDModel, imagenet_backbone, make_global_pool
 
 __all__ = ['ResNet50', 'ResNet50M']
 
@@ -30,16 +30,18 @@ def _pool(feature_map):
 
 
 class ResNet50(ReIDModel):
-    """ResNet50 trunk, global average pooling, 2048-d feature, (neck and) linear classifier."""
+    """ResNet50 trunk, global pooling (`global_pool`: avg as in 2018, max or gem), 2048-d
+    feature, (neck and) linear classifier."""
 
     def __init__(self, num_classes, loss=('xent',), pretrained=True, pretrained_path=None, pool='avg',
-                 last_stride=2, neck='none', neck_feat='after'):
+                 last_stride=2, neck='none', neck_feat='after', global_pool='avg'):
         super().__init__(loss, pool, neck, neck_feat)
         self.base = _resnet50_trunk(pretrained, pretrained_path, last_stride)
+        self.global_pool = make_global_pool(global_pool)
         self.build_head(2048, num_classes)
 
     def features(self, images):
-        return _pool(self.base(images))
+        return self.global_pool(self.base(images))
 
 
 class ResNet50M(ReIDModel):

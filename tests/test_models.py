@@ -10,10 +10,12 @@ import utils
 from conftest import shared_path
 
 
-@pytest.fixture(scope='module', params=models.get_names())
+@pytest.fixture(scope='module', params=models.get_names() + ['timm:resnet18'])
 def model(request):
+    """Every -a name, built for the 64x32 input the tests feed (transformers are built for a size)."""
     torch.manual_seed(0)
-    return models.init_model(request.param, num_classes=7, loss={'xent', 'htri'}, pretrained=False)
+    return models.init_model(request.param, num_classes=7, loss={'xent', 'htri'}, pretrained=False,
+                             height=64, width=32)
 
 
 def test_contract_image_and_video(model):
@@ -53,8 +55,10 @@ def test_feature_dims_and_parameter_count():
 
 
 def test_unknown_model_lists_known_ones():
-    with pytest.raises(KeyError, match='resnet50, resnet50m, densenet121'):
+    with pytest.raises(ValueError, match='resnet50, resnet50m, densenet121, resnet50_ibn_a, vit_small'):
         models.init_model('vgg16', 10)
+    with pytest.raises(ValueError, match="timm .* has no model 'no_such_net'"):
+        models.init_model('timm:no_such_net', 10)
 
 
 def _seed_state_dict(name, prefix):
@@ -70,7 +74,7 @@ def _seed_state_dict(name, prefix):
     return state_dict
 
 
-@pytest.mark.parametrize('name', models.get_names())
+@pytest.mark.parametrize('name', ['resnet50', 'resnet50m', 'densenet121'])
 @pytest.mark.parametrize('prefix', ['', 'module.'])
 def test_loads_2018_checkpoint_layout(name, prefix):
     state_dict = _seed_state_dict(name, prefix)
