@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 import torch
 
+import checkpoints
 import utils
 from dataset_loader import ImageReadError, read_image
 from feature_extractor import FeatureExtractor
@@ -154,7 +155,7 @@ def main():
         parser.error(f'--batch-size must be positive, got {args.batch_size}')
     try:
         extract(args)
-    except (InputError, ImageReadError, utils.CheckpointError) as error:
+    except (InputError, ImageReadError, checkpoints.CheckpointError) as error:
         print(f'error: {error}', file=sys.stderr)
         sys.exit(1)
 

@@ -1,7 +1,5 @@
 """Re-ID models: init_model(name, num_classes, ...), get_names(), and the model config that a
 checkpoint records so that it alone rebuilds the model and its test feature."""
-from utils import load_model_weights
-
 from .base import PretrainedWeightsError, ReIDModel, TestFeatureNet, temporal_pool
 from .densenet import DenseNet121
 from .resnet import ResNet50, ResNet50M
@@ -57,7 +55,7 @@ def _infer_arch(state_dict):
 
 
 def checkpoint_config(checkpoint):
-    """The model config of a checkpoint (a dict as utils.load_checkpoint returns it), with
+    """The model config of a checkpoint (a dict as checkpoints.load_checkpoint returns it), with
     'num_classes' from its classifier.
 
     Checkpoints of this repo record it under 'model'. Older ones get the classic model (last
@@ -79,6 +77,10 @@ def checkpoint_config(checkpoint):
 
 def from_checkpoint(checkpoint, device='cpu'):
     """(model in eval mode on `device`, config) rebuilt from a checkpoint dict alone."""
+    # Imported here, not at the top: checkpoints imports options, which imports this package, so
+    # a top-level import would be circular; and `import models` stays free of the command line.
+    from checkpoints import load_model_weights
+
     config = checkpoint_config(checkpoint)
     model = init_model(config['arch'], config['num_classes'], pretrained=False, pool=config['pool'],
                        last_stride=config['last_stride'], neck=config['neck'], neck_feat=config['neck_feat'])
