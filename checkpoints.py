@@ -1,24 +1,172 @@
-"""Saving a training run and continuing it: what a checkpoint holds, --resume auto, and the
-restore of weights, optimizers, loss state and random streams for an exact resume.
+"""Checkpoint files and training runs: atomic writing, safe loading (weights_only), loading
+weights into a model; what a checkpoint holds, --resume auto, and the restore of weights,
+optimizers, loss state and random streams for an exact resume.
 
 Files in --save-dir: checkpoint_ep{N}.pth.tar at each evaluation, best_model.pth.tar when
 Rank-1 improves, and checkpoint_last.pth.tar every --save-freq epochs, each written
-atomically (utils.save_checkpoint), so a crash at any moment leaves the last good one.
+atomically (save_checkpoint), so a crash at any moment leaves the last good one.
 """
+import contextlib
+import glob
 import os
+import pickle
+import shutil
+import tempfile
+import zipfile
 
+import numpy as np
+import torch
+
+import distributed
 import options
 import utils
 
-__all__ = ['resolve_resume', 'restore_training_state', 'save_training_state']
+__all__ = ['CheckpointError', 'write_atomic', 'save_checkpoint', 'copy_file_atomic', 'load_checkpoint',
+           'load_model_weights', 'find_last_checkpoint', 'resolve_resume', 'restore_training_state',
+           'save_training_state']
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file cannot be used: missing, not a checkpoint, truncated or unsafe."""
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def write_atomic(path, write):
+    """Write a file through a temporary file in the same directory, fsync it, then rename it
+    over `path`: a crash at any moment leaves either the old file or the new one, whole."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual mode
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp_path)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(state, path):
+    write_atomic(path, lambda f: torch.save(state, f))
+
+
+def copy_file_atomic(src, dst):
+    def write(f):
+        with open(src, 'rb') as source:
+            shutil.copyfileobj(source, f)
+    write_atomic(dst, write)
+
+
+# What released checkpoints pickle besides tensors and containers: the 2018 code stored
+# rank-1 as a numpy float64 scalar. Nothing else is allowed, so nothing else can run.
+_SAFE_NUMPY_GLOBALS = [np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.float32))]
+with contextlib.suppress(ImportError):
+    from numpy._core.multiarray import scalar as _numpy_scalar
+    _SAFE_NUMPY_GLOBALS.append(_numpy_scalar)
+
+
+def load_checkpoint(path):
+    """Load a checkpoint dict safely: torch.load with weights_only=True and only numpy's scalar
+    types allowed besides tensors and plain containers, so a malicious pickle is refused
+    without running anything. Raises CheckpointError with what went wrong."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f'checkpoint {path} does not exist')
+    try:
+        with torch.serialization.safe_globals(_SAFE_NUMPY_GLOBALS):
+            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as error:
+        if 'GLOBAL' not in str(error):  # no disallowed class or function named: just not a pickle
+            raise CheckpointError(f'cannot read checkpoint {path}: it is truncated, corrupt or not a '
+                                  f'PyTorch checkpoint ({str(error).splitlines()[-1]})') from error
+        raise CheckpointError(
+            f'refused to load {path}: it is not a plain checkpoint (tensors, numbers, strings and '
+            f'containers only), so it could run code when unpickled. Nothing was executed. '
+            f'Details: {str(error).splitlines()[0]}') from error
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        raise CheckpointError(f'cannot read checkpoint {path}: it is truncated, corrupt or not a '
+                              f'PyTorch checkpoint ({type(error).__name__}: {error})') from error
+    if isinstance(checkpoint, dict) and 'state_dict' not in checkpoint and \
+            all(torch.is_tensor(v) for v in checkpoint.values()):
+        checkpoint = {'state_dict': checkpoint}  # a bare state dict
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get('state_dict'), dict):
+        raise CheckpointError(f'{path} is not a re-ID checkpoint: expected a dict with a "state_dict"')
+    return checkpoint
+
+
+def load_model_weights(model, state_dict):
+    """Load weights into `model`, accepting checkpoints of other runs and of the 2018 code.
+
+    A 'module.' prefix (saved from DataParallel) is stripped; num_batches_tracked, which old
+    PyTorch did not save, may be missing; a classifier of another shape (another number of
+    training identities) is skipped, which is fine for evaluation, where only features count.
+    Anything else that does not match is an error. Returns the names of skipped tensors.
+    """
+    state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()}
+    own = model.state_dict()
+    skipped = [k for k, v in state_dict.items()
+               if k.startswith('classifier.') and k in own and own[k].shape != v.shape]
+    for k in skipped:
+        del state_dict[k]
+    mismatched = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        raise CheckpointError(f'tensor shapes differ from the model for {mismatched[:3]} (wrong --arch?)')
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    missing = [k for k in missing if not k.endswith('num_batches_tracked') and k not in skipped]
+    if missing or unexpected:
+        raise CheckpointError(
+            f'the checkpoint does not fit this model (wrong --arch?): {len(missing)} missing tensors '
+            f'(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})')
+    return skipped
+
+
+def find_last_checkpoint(save_dir):
+    """The newest complete training checkpoint in save_dir, as (path, checkpoint), or (None, None).
+
+    checkpoint_last.pth.tar is the newest unless --save-freq skipped epochs that evaluation
+    checkpoints cover, so checkpoint_ep{N} files of later epochs are tried too, newest first.
+    A file that cannot be read (which atomic saving rules out, short of disk damage) is skipped
+    with a note, falling back to an older one.
+    """
+    def epoch_of(path):
+        return int(os.path.basename(path)[len('checkpoint_ep'):-len('.pth.tar')])
+
+    candidates = sorted(glob.glob(os.path.join(glob.escape(save_dir), 'checkpoint_ep*.pth.tar')),
+                        key=epoch_of, reverse=True)
+    last = os.path.join(save_dir, 'checkpoint_last.pth.tar')
+    if os.path.isfile(last):
+        candidates.insert(0, last)
+    best_path, best = None, None
+    for path in candidates:
+        if best is not None and path != last and epoch_of(path) <= best['epoch']:
+            break
+        try:
+            checkpoint = load_checkpoint(path)
+        except CheckpointError as error:
+            print(f'Note: skipping {path}: {error}')
+            continue
+        if 'optimizer' in checkpoint and (best is None or checkpoint['epoch'] > best['epoch']):
+            best_path, best = path, checkpoint
+    return best_path, best
 
 
 def resolve_resume(args):
     """Turn --resume auto into the newest complete checkpoint of --save-dir, or '' when there
     is none (a fresh start), saying which; returns the loaded checkpoint or None."""
     if args.resume != 'auto':
-        return utils.load_checkpoint(args.resume) if args.resume else None
-    path, checkpoint = utils.find_last_checkpoint(args.save_dir)
+        return load_checkpoint(args.resume) if args.resume else None
+    path, checkpoint = find_last_checkpoint(args.save_dir)
     if path is None:
         print(f'--resume auto: no checkpoint in {args.save_dir} yet, starting fresh')
         args.resume = ''
@@ -32,7 +180,7 @@ def restore_training_state(checkpoint, model, criterion, optimizer, center_optim
     """Load the weights (and, to continue training, the optimizer, RNG and loss states) of a
     checkpoint; returns (start_epoch, best_rank1, best_epoch)."""
     start_epoch, best_rank1, best_epoch = args.start_epoch, -float('inf'), 0
-    skipped = utils.load_model_weights(model, checkpoint['state_dict'])
+    skipped = load_model_weights(model, checkpoint['state_dict'])
     print(f'Loaded checkpoint {args.resume}' + (f' (epoch {checkpoint["epoch"]})' if 'epoch' in checkpoint else ''))
     if skipped:
         print(f'Note: skipped the checkpoint\'s classifier ({", ".join(skipped)}): it was trained on '
@@ -46,8 +194,8 @@ def restore_training_state(checkpoint, model, criterion, optimizer, center_optim
     optimizer.load_state_dict(checkpoint['optimizer'])
     if center_optimizer is not None:
         if 'center_optimizer' not in checkpoint:
-            raise utils.CheckpointError(f'--center-loss is on but the checkpoint {args.resume} was trained '
-                                        f'without it: resume with the flags of that run')
+            raise CheckpointError(f'--center-loss is on but the checkpoint {args.resume} was trained '
+                                  f'without it: resume with the flags of that run')
         criterion.load_state_dict(checkpoint['criterion'])
         center_optimizer.load_state_dict(checkpoint['center_optimizer'])
     if scaler.is_enabled() and 'scaler' in checkpoint:
@@ -81,7 +229,7 @@ def save_training_state(model, criterion, optimizer, center_optimizer, scaler, e
         'model': options.model_config(args, video), 'best_rank1': float(best[0]), 'best_epoch': best[1],
         'optimizer': optimizer.state_dict(), 'args': vars(args),
     }
-    rng_ranks = utils.all_gather_objects(utils.rng_state())
+    rng_ranks = distributed.all_gather_objects(utils.rng_state())
     state['rng'] = rng_ranks[0]
     if args.distributed:
         state['rng_ranks'] = rng_ranks
@@ -96,14 +244,14 @@ def save_training_state(model, criterion, optimizer, center_optimizer, scaler, e
         rank1, mAP, is_best = result
         state.update(rank1=rank1, mAP=mAP)
         written = os.path.join(args.save_dir, f'checkpoint_ep{epoch}.pth.tar')
-        utils.save_checkpoint(state, written)
+        save_checkpoint(state, written)
         if is_best:
-            utils.copy_file_atomic(written, os.path.join(args.save_dir, 'best_model.pth.tar'))
+            copy_file_atomic(written, os.path.join(args.save_dir, 'best_model.pth.tar'))
     if save_last:
         last = os.path.join(args.save_dir, 'checkpoint_last.pth.tar')
         if written is not None:
-            utils.copy_file_atomic(written, last)
+            copy_file_atomic(written, last)
         else:
-            utils.save_checkpoint(state, last)
+            save_checkpoint(state, last)
         written = last
     return written

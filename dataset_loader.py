@@ -9,13 +9,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 import data_manager
 import options
-import utils
+import distributed
 from options import UsageError
 from samplers import RandomIdentitySampler, ShuffleSampler
 from transforms import build_transforms
 
 __all__ = ['ImageReadError', 'read_image', 'seeded_rng', 'ImageDataset', 'VideoDataset', 'frames_of',
-           'build_train_loader', 'Target', 'build_target', 'load_data']
+           'build_train_loader', 'Target', 'build_target', 'load_datasets', 'build_loaders']
 
 
 class ImageReadError(OSError):
@@ -157,7 +157,7 @@ def build_train_loader(args, dataset, video, triplet, use_gpu):
     else:
         train_set = ImageDataset(train_items, transform_train, split='train')
 
-    world_size, rank = utils.get_world_size(), utils.get_rank()
+    world_size, rank = distributed.get_world_size(), distributed.get_rank()
     if args.train_batch % (world_size * (args.num_instances if triplet else 1)):
         per_rank = f'{world_size} processes x --num-instances {args.num_instances}' if triplet else f'{world_size} processes'
         raise UsageError(f'--train-batch {args.train_batch} (the global batch) must be divisible by {per_rank}, '
@@ -196,7 +196,7 @@ def build_target(args, dataset, video, use_gpu):
     training RNG. Under DDP each rank tests on one contiguous range of the query and gallery
     sets (test gathers them back in order)."""
     _, transform_test = build_transforms(args.height, args.width)
-    world_size, rank = utils.get_world_size(), utils.get_rank()
+    world_size, rank = distributed.get_world_size(), distributed.get_rank()
 
     def test_loader(split):
         items = getattr(dataset, split)

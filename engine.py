@@ -16,6 +16,7 @@ from torch.utils.data import Subset
 
 import checkpoints
 import data_manager
+import distributed
 import models
 import options
 import rerank
@@ -116,7 +117,7 @@ def train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, scaler
     channels_last = torch.channels_last if args.channels_last else torch.preserve_format
     loss_sum = torch.zeros((), device=device)
     first_bad = torch.full((), len(trainloader), device=device)  # batch index; len: none yet
-    world_size = utils.get_world_size()
+    world_size = distributed.get_world_size()
     progress = utils.Progress(len(trainloader) * trainloader.batch_size * world_size)
     for batch_idx, (imgs, pids, camids) in enumerate(trainloader):
         imgs, pids = imgs.to(device, non_blocking=True), pids.to(device, non_blocking=True)
@@ -145,10 +146,10 @@ def read_loss(loss, mean_loss, first_bad, epoch, trainloader, args):
     """(latest, mean) loss as floats, averaged over the ranks: the one host sync of a printed
     line. Raises NonFiniteLossError if some rank saw a non-finite loss since the epoch began."""
     stats = torch.stack([loss, mean_loss])
-    if utils.is_distributed():
+    if distributed.is_distributed():
         torch.distributed.all_reduce(stats)
         torch.distributed.all_reduce(first_bad, op=torch.distributed.ReduceOp.MIN)
-        stats /= utils.get_world_size()
+        stats /= distributed.get_world_size()
     bad = int(first_bad)
     if bad < len(trainloader):
         raise NonFiniteLossError(
@@ -209,10 +210,10 @@ def extract_split(model, loader, device, args, split):
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         features, pids, camids = extract_features(model, loader, device, args.flip_test, pool, chunk, split,
                                                   pixel_mean=args.pixel_mean, pixel_std=args.pixel_std)
-    if not utils.is_distributed():
+    if not distributed.is_distributed():
         return features, pids, camids
     # NCCL gathers device tensors only: ids travel on the device too.
-    return tuple(utils.gather_in_order(t.to(device)).to(t.device) for t in (features, pids, camids))
+    return tuple(distributed.gather_in_order(t.to(device)).to(t.device) for t in (features, pids, camids))
 
 
 def test(model, target, device, args, visrank_dir):
@@ -226,7 +227,7 @@ def test(model, target, device, args, visrank_dir):
     gf, g_pids, g_camids = extract_split(model, target.galleryloader, device, args, 'gallery')
     print(f'Extracted features for gallery set, obtained {gf.shape[0]}-by-{gf.shape[1]} matrix')
     print(f'==> Feature extraction: {time.time() - start:.1f} s')
-    if utils.get_rank() != 0:
+    if distributed.get_rank() != 0:
         return None, None
     print(f'Computing distance matrix ({args.dist_metric})')
     print('Computing CMC and mAP')
@@ -281,7 +282,7 @@ def main(args, *, video, loss, build_criterion):
 
     Under torchrun every process runs this; rank 0 alone prints, logs and writes checkpoints.
     """
-    utils.init_distributed_mode(args)
+    distributed.init_distributed_mode(args)
     os.makedirs(args.save_dir, exist_ok=True)
     log_name = 'log_test.txt' if args.evaluate else 'log_train.txt'
     if args.rank == 0:
@@ -291,7 +292,7 @@ def main(args, *, video, loss, build_criterion):
     with output:
         try:
             run(args, video=video, loss=loss, build_criterion=build_criterion)
-        except (UsageError, data_manager.DatasetError, ImageReadError, utils.CheckpointError,
+        except (UsageError, data_manager.DatasetError, ImageReadError, checkpoints.CheckpointError,
                 models.PretrainedWeightsError, NonFiniteLossError, NoValidQueryError) as error:
             print(f'error: {error}', file=sys.stderr)
             sys.exit(1)
@@ -306,7 +307,7 @@ def wrap_for_training(model, device, args):
     visible GPUs, then torch.compile'd with --compile. `model` itself stays the plain module
     that checkpoints save (plain key names) and tests run."""
     if args.sync_bn and args.distributed:
-        model = utils.convert_sync_batchnorm(model, device)
+        model = distributed.convert_sync_batchnorm(model, device)
     if args.distributed:
         # --htri-only leaves the classifier out of the loss: DDP must not wait for its gradient.
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None,

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import torch
 
-import utils
+import checkpoints
 from feature_extractor import feature_net
 
 
@@ -72,8 +72,8 @@ def main():
         for flag, value in (('--height', args.height), ('--width', args.width)):
             if value is not None and value < 1:
                 raise ValueError(f'{flag} {value}: give a positive number of pixels')
-        checkpoint = utils.load_checkpoint(args.resume)
-    except (ValueError, utils.CheckpointError) as error:
+        checkpoint = checkpoints.load_checkpoint(args.resume)
+    except (ValueError, checkpoints.CheckpointError) as error:
         print(f'error: {error}', file=sys.stderr)
         sys.exit(1)
     net, config, example = export(checkpoint, args.output, args.batch, args.height, args.width)

@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 import torch
 
+import checkpoints
 import utils
 from dataset_loader import ImageReadError, read_image
 import models
@@ -207,7 +208,7 @@ def main():
             parser.error(f'--camera-pattern {args.camera_pattern}: {error}')
     try:
         extract(args)
-    except (InputError, ImageReadError, utils.CheckpointError, models.PretrainedWeightsError) as error:
+    except (InputError, ImageReadError, checkpoints.CheckpointError, models.PretrainedWeightsError) as error:
         print(f'error: {error}', file=sys.stderr)
         sys.exit(1)
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import checkpoints
 import models
-import utils
 from dataset_loader import VideoDataset, read_image
 from transforms import build_transforms, normalize
 
@@ -51,7 +51,7 @@ def pretrained_checkpoint(arch, pretrained_path=None, height=256, width=128, pre
 class FeatureExtractor:
     """Callable that turns images (or, for a video checkpoint, tracklets) into test features.
 
-    checkpoint: a path or a dict as utils.load_checkpoint returns it. Everything that shapes the
+    checkpoint: a path or a dict as checkpoints.load_checkpoint returns it. Everything that shapes the
     test feature comes from its recorded model config (models.checkpoint_config): arch, last
     stride, neck and neck feature, flip test, input size, pixel mean and std, camera embedding, and
     for video the temporal pooling and frame sampling (pretrained_checkpoint() makes such a dict
@@ -63,7 +63,7 @@ class FeatureExtractor:
 
     def __init__(self, checkpoint, device='cpu', batch_size=64, amp=False):
         if isinstance(checkpoint, (str, os.PathLike)):
-            checkpoint = utils.load_checkpoint(checkpoint)
+            checkpoint = checkpoints.load_checkpoint(checkpoint)
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.amp = amp and self.device.type == 'cuda'

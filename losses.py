@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import utils
+import distributed
 
 __all__ = ['CrossEntropyLabelSmooth', 'TripletLoss', 'CenterLoss', 'ReIDLoss', 'pairwise_euclidean']
 
@@ -101,7 +101,7 @@ class ReIDLoss(nn.Module):
     distances of float16 features overflow.
 
     Under DistributedDataParallel (a process group of several ranks) the triplet and center
-    terms see the global batch: features and pids of every rank are gathered (utils.all_gather_grad),
+    terms see the global batch: features and pids of every rank are gathered (distributed.all_gather_grad),
     so every rank computes the same global term and its gradient flows back into the local
     features, scaled so that DDP's averaging gives the single-process gradient. The cross
     entropy stays local: the mean of the ranks' local means is the global mean.
@@ -129,8 +129,8 @@ class ReIDLoss(nn.Module):
             logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
             features = features.to(logits.dtype) if features is not None else None
             loss = logits.new_zeros(()) if self.htri_only else self.xent(logits, targets)
-            if self.needs_features and utils.is_distributed() and torch.is_grad_enabled():
-                features, targets = utils.all_gather_grad(features), utils.all_gather_grad(targets)
+            if self.needs_features and distributed.is_distributed() and torch.is_grad_enabled():
+                features, targets = distributed.all_gather_grad(features), distributed.all_gather_grad(targets)
             if self.htri is not None:
                 loss = loss + self.htri(features, targets)
             if self.center is not None:

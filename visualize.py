@@ -12,7 +12,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageOps
 
 from dataset_loader import read_image
-from utils import write_atomic
+from checkpoints import write_atomic
 
 __all__ = ['visrank', 'TrainingLog', 'TILE_SIZE', 'BORDER', 'COLOURS']
 

@@ -2,7 +2,6 @@
 checkpoint records so that it alone rebuilds the model and its test feature."""
 import weights
 from transforms import IMAGENET_MEAN, IMAGENET_STD
-from utils import load_model_weights
 
 from .base import GLOBAL_POOLS, PretrainedWeightsError, ReIDModel, TestFeatureNet, temporal_pool
 from .densenet import DenseNet121
@@ -127,7 +126,7 @@ def _infer_arch(state_dict):
 
 
 def checkpoint_config(checkpoint):
-    """The model config of a checkpoint (a dict as utils.load_checkpoint returns it), with
+    """The model config of a checkpoint (a dict as checkpoints.load_checkpoint returns it), with
     'num_classes' from its classifier.
 
     Checkpoints of this repo record it under 'model'. Older ones get the classic model (last
@@ -149,6 +148,10 @@ def checkpoint_config(checkpoint):
 
 def from_checkpoint(checkpoint, device='cpu'):
     """(model in eval mode on `device`, config) rebuilt from a checkpoint dict alone."""
+    # Imported here, not at the top: checkpoints imports options, which imports this package, so
+    # a top-level import would be circular; and `import models` stays free of the command line.
+    from checkpoints import load_model_weights
+
     config = checkpoint_config(checkpoint)
     model = init_model(config['arch'], config['num_classes'], pretrained=False, pool=config['pool'],
                        last_stride=config['last_stride'], neck=config['neck'], neck_feat=config['neck_feat'],

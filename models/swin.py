@@ -2,7 +2,6 @@
 4x4 patches and 7x7 windows, the backbones of SOLIDER (Chen et al., CVPR 2023)."""
 import timm
 import torch
-from torch import nn
 
 from .base import ReIDModel, make_global_pool
 

@@ -14,10 +14,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+import distributed
 import engine
 import models
 import train_img_model_xent_htri
-import utils
 from conftest import FAST, REPO, parse_results, run_script
 from losses import ReIDLoss
 from samplers import RandomIdentitySampler
@@ -77,14 +77,14 @@ def ddp_worker(rank, init_file, out_dir):
         for sync_bn in (True, False):
             model = setup(case)
             if sync_bn:
-                model = utils.convert_sync_batchnorm(model, torch.device('cpu'))
+                model = distributed.convert_sync_batchnorm(model, torch.device('cpu'))
             state = one_step(DistributedDataParallel(model), case, imgs[share], pids[share])
             if rank == 0:
                 torch.save(state, os.path.join(out_dir, f'{case[0]}-{sync_bn}.pt'))
     # Evaluation gathers shards of unequal length back in order.
     rows = torch.arange(7 * 3, dtype=torch.float32).view(7, 3)
     bounds = [0, 3, 7]
-    gathered = utils.gather_in_order(rows[bounds[rank]:bounds[rank + 1]])
+    gathered = distributed.gather_in_order(rows[bounds[rank]:bounds[rank + 1]])
     if rank == 0:
         torch.save(gathered, os.path.join(out_dir, 'gathered.pt'))
     dist.destroy_process_group()

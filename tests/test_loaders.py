@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.transforms import v2
 
 import data_manager
-import utils
+import distributed
 from dataset_loader import ImageDataset, ImageReadError, VideoDataset, build_train_loader, frames_of, read_image
 from samplers import RandomIdentitySampler, ShuffleSampler
 from transforms import IMAGENET_MEAN, IMAGENET_STD, Random2DTranslation, build_transforms, normalize
@@ -184,8 +184,8 @@ def test_shuffle_sampler_order_is_distributed_samplers_on_one_process():
 def epoch_batches(market, monkeypatch, triplet, workers, world_size=1, rank=0, epochs=(0, 1)):
     """The training loader's batches (uint8 images, pids) for these epochs, as the scripts build
     it for rank `rank` of `world_size` processes."""
-    monkeypatch.setattr(utils, 'get_world_size', lambda: world_size)
-    monkeypatch.setattr(utils, 'get_rank', lambda: rank)
+    monkeypatch.setattr(distributed, 'get_world_size', lambda: world_size)
+    monkeypatch.setattr(distributed, 'get_rank', lambda: rank)
     args = SimpleNamespace(height=32, width=16, augment='pad-crop', random_erasing=0.5, clip_train=False,
                            train_batch=8, num_instances=4, seed=7, workers=workers)
     loader = build_train_loader(args, market, video=False, triplet=triplet, use_gpu=False)

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torchvision.models import resnet50
 
+import checkpoints
 import models
-import utils
 from conftest import shared_path
 
 
@@ -84,7 +84,7 @@ def test_loads_2018_checkpoint_layout(name, prefix):
     missing = set(own) - set(stripped)
     assert missing and all(k.endswith('num_batches_tracked') for k in missing)
     assert set(stripped) <= set(own)
-    assert utils.load_model_weights(model, state_dict) == []
+    assert checkpoints.load_model_weights(model, state_dict) == []
     for key, value in stripped.items():
         assert torch.equal(model.state_dict()[key], value), key
 
@@ -92,14 +92,14 @@ def test_loads_2018_checkpoint_layout(name, prefix):
 def test_2018_checkpoint_with_other_classifier_loads_backbone():
     state_dict = _seed_state_dict('resnet50', 'module.')
     model = models.init_model('resnet50', 10, pretrained=False)
-    assert utils.load_model_weights(model, state_dict) == ['classifier.weight', 'classifier.bias']
+    assert checkpoints.load_model_weights(model, state_dict) == ['classifier.weight', 'classifier.bias']
     assert torch.equal(model.base[0].weight, state_dict['module.base.0.weight'])
 
 
 def test_wrong_architecture_is_refused():
     state_dict = models.init_model('densenet121', 10, pretrained=False).state_dict()
-    with pytest.raises(utils.CheckpointError, match='wrong --arch'):
-        utils.load_model_weights(models.init_model('resnet50', 10, pretrained=False), state_dict)
+    with pytest.raises(checkpoints.CheckpointError, match='wrong --arch'):
+        checkpoints.load_model_weights(models.init_model('resnet50', 10, pretrained=False), state_dict)
 
 
 def test_pretrained_path_loads_local_imagenet_weights(tmp_path):

@@ -9,10 +9,10 @@ import time
 import pytest
 import torch
 
+import checkpoints
 import engine
 import train_img_model_xent
 import train_vid_model_xent_htri
-import utils
 from conftest import FAST, REPO, run_script
 from losses import CrossEntropyLabelSmooth
 
@@ -112,18 +112,18 @@ def test_no_valid_query_explains_camera_ids(market_copy):
 SAVE_IN_A_LOOP = '''
 import sys, torch
 sys.path.insert(0, {repo!r})
-import utils
+import checkpoints
 big = {{'state_dict': {{'w': torch.ones(150_000_000)}}, 'epoch': 2}}
 print('saving', flush=True)
 while True:
-    utils.save_checkpoint(big, {path!r})
+    checkpoints.save_checkpoint(big, {path!r})
 '''
 
 
 def test_checkpoint_survives_sigkill_during_save(tmp_path):
     path = tmp_path / 'checkpoint.pth.tar'
     good = {'state_dict': {'w': torch.arange(10.0)}, 'epoch': 1}
-    utils.save_checkpoint(good, path)
+    checkpoints.save_checkpoint(good, path)
     code = SAVE_IN_A_LOOP.format(repo=str(REPO), path=str(path))
     process = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == 'saving'
@@ -135,7 +135,7 @@ def test_checkpoint_survives_sigkill_during_save(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert any(name.endswith('.tmp') for name in os.listdir(tmp_path)), 'the kill did not land mid-save'
-    loaded = utils.load_checkpoint(str(path))
+    loaded = checkpoints.load_checkpoint(str(path))
     assert loaded['epoch'] == 1 and torch.equal(loaded['state_dict']['w'], good['state_dict']['w'])
 
 
@@ -150,8 +150,8 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path, synthetic_root):
     payload.marker = marker
     path = tmp_path / 'evil.pth.tar'
     torch.save({'state_dict': {}, 'epoch': 1, 'payload': payload}, path)
-    with pytest.raises(utils.CheckpointError, match='Nothing was executed'):
-        utils.load_checkpoint(str(path))
+    with pytest.raises(checkpoints.CheckpointError, match='Nothing was executed'):
+        checkpoints.load_checkpoint(str(path))
     result = run_script('train_img_model_xent.py', *FAST, '--root', synthetic_root, '--evaluate', '--resume', path,
                         '--save-dir', tmp_path / 'log', check=False)
     assert result.returncode == 1 and 'refused to load' in result.stderr
@@ -160,16 +160,16 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path, synthetic_root):
 
 def test_truncated_or_foreign_files_are_refused(tmp_path):
     checkpoint = tmp_path / 'ok.pth.tar'
-    utils.save_checkpoint({'state_dict': {'w': torch.ones(1000)}, 'epoch': 3}, checkpoint)
+    checkpoints.save_checkpoint({'state_dict': {'w': torch.ones(1000)}, 'epoch': 3}, checkpoint)
     data = checkpoint.read_bytes()
     (tmp_path / 'truncated.pth.tar').write_bytes(data[:len(data) // 2])
     (tmp_path / 'notes.txt').write_text('not a checkpoint')
     torch.save([1, 2, 3], tmp_path / 'list.pth.tar')
     for name, message in (('truncated.pth.tar', 'truncated, corrupt'), ('notes.txt', 'truncated, corrupt'),
                           ('list.pth.tar', 'not a re-ID checkpoint')):
-        with pytest.raises(utils.CheckpointError, match=message):
-            utils.load_checkpoint(str(tmp_path / name))
-    assert utils.load_checkpoint(str(checkpoint))['epoch'] == 3
+        with pytest.raises(checkpoints.CheckpointError, match=message):
+            checkpoints.load_checkpoint(str(tmp_path / name))
+    assert checkpoints.load_checkpoint(str(checkpoint))['epoch'] == 3
 
 
 class NaNAtCall(CrossEntropyLabelSmooth):
@@ -196,7 +196,7 @@ def test_nan_loss_stops_with_epoch_batch_and_keeps_checkpoint(synthetic_root, tm
     assert info.value.code == 1
     stderr = capsys.readouterr().err
     assert 'the loss became nan at epoch 2, batch 2/3' in stderr and '--lr' in stderr and '--amp' in stderr
-    assert utils.load_checkpoint(str(tmp_path / 'checkpoint_ep1.pth.tar'))['epoch'] == 1
+    assert checkpoints.load_checkpoint(str(tmp_path / 'checkpoint_ep1.pth.tar'))['epoch'] == 1
     assert not (tmp_path / 'checkpoint_ep2.pth.tar').exists()
 
 
@@ -216,5 +216,5 @@ def test_ctrl_c_exits_cleanly_naming_the_last_checkpoint(synthetic_root, tmp_pat
     assert process.returncode == 130
     assert f'Interrupted. Last checkpoint: {tmp_path / "checkpoint_last.pth.tar"}' in stdout
     assert 'Traceback' not in stderr
-    assert utils.load_checkpoint(str(tmp_path / 'checkpoint_last.pth.tar'))['epoch'] == 1
-    assert utils.load_checkpoint(str(tmp_path / 'checkpoint_ep1.pth.tar'))['epoch'] == 1
+    assert checkpoints.load_checkpoint(str(tmp_path / 'checkpoint_last.pth.tar'))['epoch'] == 1
+    assert checkpoints.load_checkpoint(str(tmp_path / 'checkpoint_ep1.pth.tar'))['epoch'] == 1
