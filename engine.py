@@ -1,7 +1,7 @@
 """What the four training scripts share: device, train loop, test loop, checkpoints.
 
 A script chooses image or video data, its loss set and its criterion, and calls main(args, ...);
-its command line comes from options.py, its data loaders from dataset_loader.load_data.
+its command line comes from options.py, its data loaders from dataset_loader (load_datasets, build_loaders).
 """
 import contextlib
 import datetime

@@ -66,12 +66,13 @@ class VisionTransformer(ReIDModel):
     >= num_cameras: a new camera, a tracker's crop, a folder without cameras) gets the mean of the
     camera vectors instead: the camera-agnostic feature, as close to what training saw as a
     camera-free input can be.
-    Test feature: the class token after the final norm, (N, embed_dim).
+    Test feature: the class token after the final norm, (N, embed_dim). timm_options: more
+    arguments of timm.create_model (the tests build 2-block ViTs with {'depth': 2}).
     """
 
     def __init__(self, num_classes, timm_name, loss=('xent',), pool='avg', neck='none', neck_feat='after',
                  height=256, width=128, patch_stride=PATCH, num_cameras=0, camera_weight=3.0, drop_path=0.0,
-                 conv_stem=False, camera_tokens='all'):
+                 conv_stem=False, camera_tokens='all', timm_options=None):
         super().__init__(loss, pool, neck, neck_feat)
         if not 1 <= patch_stride <= PATCH:
             raise ValueError(f'--patch-stride must be between 1 and {PATCH}, got {patch_stride}')
@@ -79,7 +80,7 @@ class VisionTransformer(ReIDModel):
             raise ValueError('the convolutional-stem ViTs have no overlapping-patch option; leave --patch-stride at 16')
         grid = patch_grid(height, width, patch_stride)
         self.backbone = timm.create_model(timm_name, pretrained=False, num_classes=0, img_size=(height, width),
-                                          drop_path_rate=drop_path)
+                                          drop_path_rate=drop_path, **(timm_options or {}))
         embed_dim = self.backbone.embed_dim
         if conv_stem:
             self.backbone.patch_embed = ConvStemPatchEmbed(height, width, embed_dim)
