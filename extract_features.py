@@ -81,7 +81,8 @@ def grid(value):
 
 
 def camera_id(name, pattern):
-    """0-based camera id from a file name ('c3' -> 2 with c(\d+)), or -1 (unknown) without a match."""
+    """0-based camera id from a file name ('c3' -> 2 with the pattern c(\\d+)), or -1 (unknown)
+    without a match."""
     match = pattern.search(os.path.basename(name))
     return int(match[1]) - 1 if match else -1
 

@@ -5,6 +5,7 @@ and of feature extraction.
     python benchmarks/bench_train.py                       # CPU: loader rows, fp32 and channels_last steps
     python benchmarks/bench_train.py --device cuda --batch 64 --extract-batch 256 --workers 8 16
     python benchmarks/bench_train.py --device cuda --batch 64 --last-stride 1 --part step   # the BoT model
+    python benchmarks/bench_train.py --part step --arch vit_small vit_base swin_tiny resnet50_ibn_a
 
 The loader rows run in this one process, so they are what each DataLoader worker delivers:
 N workers feed at most N times that. Images are Market-1501-sized JPEGs (128 x 64, written
@@ -13,9 +14,9 @@ runs on the device); the 'before' row is the same work with the float conversion
 normalisation in the worker. The torchvision.io rows are for comparison: the loader keeps PIL
 (torchvision deprecated its image decoders in 0.29 for TorchCodec; see the README).
 The DataLoader rows are the real loader with N worker processes, after its first batch.
-The step rows time ResNet-50 on random uint8 batches already on the device (normalisation and
-the train step; the loader is not involved), the extraction rows engine.extract_features the
-same way. Every row prints the command line that measures it alone.
+The step rows time the model of each --arch (default ResNet-50; transformers built for
+--height x --width) on random uint8 batches already on the device (normalisation and the train
+step; the loader is not involved), the extraction rows engine.extract_features the same way. Every row prints the command line that measures it alone.
 """
 import argparse
 import os
@@ -123,12 +124,18 @@ def random_batch(args, batch, device, channels_last=False):
     return imgs.contiguous(memory_format=torch.channels_last) if channels_last else imgs
 
 
-def step_rate(args, mode):
+def build(args, arch, loss=('xent',)):
+    """A randomly initialised `arch` for 751 identities at --height x --width."""
+    last_stride = args.last_stride if arch in ('resnet50', 'resnet50m', 'resnet50_ibn_a') else 2
+    return models.init_model(arch, num_classes=751, loss=loss, pretrained=False, last_stride=last_stride,
+                             height=args.height, width=args.width)
+
+
+def step_rate(args, arch, mode):
     """Images/s of the device's work per training batch (transforms.normalize, then
-    engine.train_step: ResNet-50, xent + triplet, Adam) in `mode`."""
+    engine.train_step: `arch`, xent + triplet, Adam) in `mode`."""
     device = torch.device(args.device)
-    model = models.init_model('resnet50', num_classes=751, loss={'xent', 'htri'}, pretrained=False,
-                              last_stride=args.last_stride)
+    model = build(args, arch, {'xent', 'htri'})
     channels_last = 'channels_last' in mode
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format).train()
     train_model = torch.compile(model) if mode == 'compile' else model
@@ -185,12 +192,11 @@ class RepeatedBatch:
         return iter([self.batch] * self.count)
 
 
-def extract_rate(args, mode):
-    """Images/s of engine.extract_features (normalisation and the test feature of ResNet-50)
-    in `mode` (fp32 or amp), on batches of --extract-batch."""
+def extract_rate(args, arch, mode):
+    """Images/s of engine.extract_features (normalisation and the test feature of `arch`) in
+    `mode` (fp32 or amp), on batches of --extract-batch."""
     device = torch.device(args.device)
-    model = models.init_model('resnet50', num_classes=751, pretrained=False, last_stride=args.last_stride)
-    model = model.to(device).eval()
+    model = build(args, arch).to(device).eval()
     amp_dtype = engine.autocast_dtype(SimpleNamespace(amp=mode == 'amp', amp_dtype=args.amp_dtype), device)
 
     def run(batches):
@@ -224,6 +230,8 @@ def main():
     parser.add_argument('--amp-dtype', choices=('bfloat16', 'float16'))
     parser.add_argument('--last-stride', type=int, default=2, choices=(1, 2), help='1: the BoT model')
     parser.add_argument('--extract-batch', type=int, default=32, help='feature-extraction batch (GPU: 256)')
+    parser.add_argument('--arch', nargs='+', default=['resnet50'], type=models.check_arch,
+                        help='models of the step and extraction rows (any -a name; default: resnet50)')
     args = parser.parse_args()
     modes = args.modes or (MODES if args.device == 'cuda' else ('fp32', 'channels_last'))
     base = ['python', 'benchmarks/bench_train.py', '--height', str(args.height), '--width', str(args.width),
@@ -237,20 +245,24 @@ def main():
                                                          '--workers', *map(str, args.workers)]))
     if args.part in ('all', 'step'):
         name = torch.cuda.get_device_name() if args.device == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
-        for mode in modes:
-            if 'amp' in mode and args.device == 'cpu':
-                print(f'step {mode}: skipped, --amp is ignored on the CPU')
-                continue
-            command = base + ['--part', 'step', '--device', args.device, '--modes', mode, '--batch', str(args.batch),
-                              '--steps', str(args.steps), '--warmup', str(args.warmup)]
-            if args.amp_dtype:
-                command += ['--amp-dtype', args.amp_dtype]
-            rows.append((f'train step: {mode} ({name}, batch {args.batch})', step_rate(args, mode), command))
+        for arch in args.arch:
+            for mode in modes:
+                if 'amp' in mode and args.device == 'cpu':
+                    print(f'step {mode}: skipped, --amp is ignored on the CPU')
+                    continue
+                command = base + ['--part', 'step', '--arch', arch, '--device', args.device, '--modes', mode,
+                                  '--batch', str(args.batch), '--steps', str(args.steps), '--warmup', str(args.warmup)]
+                if args.amp_dtype:
+                    command += ['--amp-dtype', args.amp_dtype]
+                rows.append((f'train step: {arch} {mode} ({name}, batch {args.batch})', step_rate(args, arch, mode),
+                             command))
     if args.part in ('all', 'extract'):
-        for mode in ('fp32', 'amp') if args.device == 'cuda' else ('fp32',):
-            command = base + ['--part', 'extract', '--device', args.device, '--extract-batch', str(args.extract_batch),
-                              '--steps', str(args.steps), '--warmup', str(args.warmup)]
-            rows.append((f'feature extraction: {mode} (batch {args.extract_batch})', extract_rate(args, mode), command))
+        for arch in args.arch:
+            for mode in ('fp32', 'amp') if args.device == 'cuda' else ('fp32',):
+                command = base + ['--part', 'extract', '--arch', arch, '--device', args.device, '--extract-batch',
+                                  str(args.extract_batch), '--steps', str(args.steps), '--warmup', str(args.warmup)]
+                rows.append((f'feature extraction: {arch} {mode} (batch {args.extract_batch})',
+                             extract_rate(args, arch, mode), command))
     if not rows:
         return
     width = max(len(name) for name, _, _ in rows)

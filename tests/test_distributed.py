@@ -23,9 +23,12 @@ from losses import ReIDLoss
 from samplers import RandomIdentitySampler
 
 WORLD_SIZE = 2
-# (name, loss set, center-loss weight, BNNeck): the scripts' objectives.
+# (name, loss set, center-loss weight, BNNeck): the scripts' objectives; the last case is a
+# 2-block ViT with a camera embedding (camera ids travel through the step).
 CASES = [('xent', {'xent'}, 0.0, False), ('xent+htri', {'xent', 'htri'}, 0.0, False),
-         ('xent+htri+center+bnneck', {'xent', 'htri'}, 5e-4, True)]
+         ('xent+htri+center+bnneck', {'xent', 'htri'}, 5e-4, True),
+         ('vit+camera+xent+htri+bnneck', {'xent', 'htri'}, 0.0, True)]
+CAMIDS = torch.tensor([0, 1, 1, 0, 0, 1, 1, 0])
 
 
 def fixed_batch():
@@ -43,19 +46,22 @@ def setup(case):
     step, summed in a different order, differ there by about 2%; in float64 DDP and the single
     process agree to about 1e-11, which leaves the 1e-5 tolerance to real mistakes only.
     """
-    _, loss, center, bnneck = case
+    name, loss, center, bnneck = case
     torch.manual_seed(0)
-    return models.init_model('resnet50', num_classes=4, loss=loss | ({'cent'} if center else set()),
-                             pretrained=False, neck='bnneck' if bnneck else 'none').double()
+    loss, neck = loss | ({'cent'} if center else set()), 'bnneck' if bnneck else 'none'
+    if name.startswith('vit'):
+        return models.vit.VisionTransformer(4, 'vit_small_patch16_224', loss=loss, neck=neck, height=64, width=32,
+                                            num_cameras=2, timm_options={'depth': 2}).double()
+    return models.init_model('resnet50', num_classes=4, loss=loss, pretrained=False, neck=neck).double()
 
 
-def one_step(model, case, imgs, pids):
+def one_step(model, case, imgs, pids, camids):
     """One engine.train_step with the case's objective (the scripts' criterion); returns the
     weights, running statistics and centers after it."""
     _, loss, center, _ = case
     plain = model.module if isinstance(model, DistributedDataParallel) else model
     torch.manual_seed(1)  # the centers
-    args = SimpleNamespace(label_smooth=0.1, margin=0.3, htri_only=False, center_loss=center)
+    args = SimpleNamespace(label_smooth=0.1, margin=0.3, htri_only=False, center_loss=center, soft_margin=False)
     criterion = (train_img_model_xent_htri.build_criterion(args, 4, plain.feat_dim) if 'htri' in loss
                  else ReIDLoss(4, 0.1))
     # SGD: its step is linear in the gradient, so equal weights mean equal gradients (Adam's
@@ -64,7 +70,7 @@ def one_step(model, case, imgs, pids):
     center_optimizer = torch.optim.SGD(criterion.center.parameters(), lr=0.5) if center else None
     model.train()
     engine.train_step(model, criterion, optimizer, center_optimizer, torch.amp.GradScaler('cpu', enabled=False),
-                      imgs, pids, None)
+                      imgs, pids, None, camids)
     return {**plain.state_dict(), **{'criterion.' + k: v for k, v in criterion.state_dict().items()}}
 
 
@@ -78,7 +84,7 @@ def ddp_worker(rank, init_file, out_dir):
             model = setup(case)
             if sync_bn:
                 model = distributed.convert_sync_batchnorm(model, torch.device('cpu'))
-            state = one_step(DistributedDataParallel(model), case, imgs[share], pids[share])
+            state = one_step(DistributedDataParallel(model), case, imgs[share], pids[share], CAMIDS[share])
             if rank == 0:
                 torch.save(state, os.path.join(out_dir, f'{case[0]}-{sync_bn}.pt'))
     # Evaluation gathers shards of unequal length back in order.
@@ -101,7 +107,7 @@ def ddp_results(tmp_path_factory):
 def test_ddp_step_equals_single_process_step(case, ddp_results):
     imgs, pids = fixed_batch()
     initial = setup(case).state_dict()
-    single = one_step(setup(case), case, imgs, pids)
+    single = one_step(setup(case), case, imgs, pids, CAMIDS)
     ddp = torch.load(ddp_results / f'{case[0]}-True.pt', weights_only=True)
     assert ddp.keys() == single.keys()
     for key in single:
@@ -186,9 +192,11 @@ def test_torchrun_sigkill_of_a_worker_resumes_to_the_same_weights(synthetic_root
     assert 'obtained 73-by-2048 matrix' in uninterrupted
 
 
-def test_compiled_model_trains_the_plain_module_that_checkpoints_save():
-    model = models.init_model('resnet50', num_classes=4, pretrained=False)
+@pytest.mark.parametrize('arch', ['resnet50', 'vit_small'])
+def test_compiled_model_trains_the_plain_module_that_checkpoints_save(arch):
+    model = models.init_model(arch, num_classes=4, pretrained=False, height=64, width=32)
     args = SimpleNamespace(sync_bn=False, distributed=False, compile=True)
     wrapped = engine.wrap_for_training(model, torch.device('cpu'), args)  # compiles lazily: nothing runs
     assert wrapped is not model and wrapped._orig_mod is model
-    assert set(model.state_dict()) == set(models.init_model('resnet50', num_classes=4, pretrained=False).state_dict())
+    fresh = models.init_model(arch, num_classes=4, pretrained=False, height=64, width=32)
+    assert set(model.state_dict()) == set(fresh.state_dict())

@@ -272,8 +272,10 @@ def test_onnx_matches_pytorch(onnx_path, checkpoint, dataset, command_features):
 
     q_onnx, qf, q_pids, q_camids = onnx_features('query', dataset.query)
     g_onnx, gf, g_pids, g_camids = onnx_features('gallery', dataset.gallery)
-    assert torch.equal(squared_euclidean(q_onnx, g_onnx).argsort(dim=1, stable=True),
-                       squared_euclidean(qf, gf).argsort(dim=1, stable=True))
+    # The ONNX ranking is PyTorch's up to near-ties (features differ by ~1e-7, so two entries at
+    # equal distance may swap): along it, PyTorch's distances never fall by more than rounding.
+    order = squared_euclidean(q_onnx, g_onnx).argsort(dim=1, stable=True)
+    assert (squared_euclidean(qf, gf).gather(1, order).diff(dim=1) >= -1e-5).all()
     ours, theirs = (evaluate_features(q, g, q_pids, g_pids, q_camids, g_camids) for q, g in ((q_onnx, g_onnx), (qf, gf)))
     np.testing.assert_array_equal(ours.cmc, theirs.cmc)
     assert ours.mAP == theirs.mAP
