@@ -374,6 +374,8 @@ def run(args, *, video, loss, build_criterion):
                              f'has {dataset.num_train_cams} (a folder without camera ids counts as one)')
         args.num_cameras = dataset.num_train_cams
 
+    if args.lr is None and checkpoint is not None and checkpoint.get('args', {}).get('lr'):
+        args.lr = checkpoint['args']['lr']  # --recipe vit's choice, made when the run started
     print(f'Initializing model: {args.arch}')
     model = build_model(args, dataset.num_train_pids, loss | {'cent'} if args.center_loss > 0 else loss)
     print(f'Model size: {sum(p.numel() for p in model.parameters()) / 1e6:.5f}M')

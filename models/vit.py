@@ -116,7 +116,7 @@ class VisionTransformer(ReIDModel):
         net = self.backbone
         tokens = net._pos_embed(net.patch_embed(images))  # class token + patches, position added
         if self.camera_embed is not None:
-            side = self.camera_weight * self.camera_vectors(camids, len(images)).to(tokens.dtype)[:, None]
+            side = self.camera_weight * self.camera_vectors(camids, images.shape[0]).to(tokens.dtype)[:, None]
             if self.camera_tokens == 'all':
                 tokens = tokens + side
             else:
