@@ -30,7 +30,7 @@ import checkpoints
 import utils
 from dataset_loader import ImageReadError, read_image
 import models
-import weights
+import options
 from feature_extractor import FeatureExtractor, pretrained_checkpoint
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
@@ -45,10 +45,10 @@ def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument('--resume', metavar='CKPT', help='checkpoint of a training script')
-    model.add_argument('-a', '--arch', type=arch_name, metavar='ARCH',
+    model.add_argument('-a', '--arch', type=options.arch_name, metavar='ARCH',
                        help='instead of a checkpoint: this model with --pretrained-path weights (zero-shot)')
     parser.add_argument('--pretrained-path', metavar='FILE', help='with -a: the pretrained weights file')
-    parser.add_argument('--pretrained-grid', type=grid, metavar='ROWSxCOLS',
+    parser.add_argument('--pretrained-grid', type=options.pretrained_grid, metavar='ROWSxCOLS',
                         help='with -a: patch grid of the file\'s position table when it cannot be recognised')
     parser.add_argument('--height', type=int, default=256, help='with -a: input height (default: %(default)s)')
     parser.add_argument('--width', type=int, default=128, help='with -a: input width (default: %(default)s)')
@@ -64,20 +64,6 @@ def get_args_parser():
     parser.add_argument('--skip-bad-images', action='store_true',
                         help='skip unreadable images (listed at the end) instead of stopping')
     return parser
-
-
-def arch_name(value):
-    try:
-        return models.check_arch(value)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from error
-
-
-def grid(value):
-    try:
-        return weights.parse_grid(value)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def camera_id(name, pattern):

@@ -43,7 +43,8 @@ class TripletLoss(nn.Module):
     """Triplet loss with batch-hard mining (Hermans et al., arXiv:1703.07737).
 
     For each anchor, the farthest positive (same pid, other sample) and the closest negative
-    (other pid) by Euclidean distance give max(0, d_ap - d_an + margin); the loss is the mean
+    (other pid) by Euclidean distance give max(0, d_ap - d_an + margin), or with soft=True the
+    soft margin log(1 + exp(d_ap - d_an)) of TransReID (no margin); the loss is the mean
     over anchors. An anchor with no positive or no negative in the batch has no triplet and is
     left out of the mean; a batch with no triplet at all gives 0 (still connected to the graph,
     so backward works and contributes nothing). Masks select (masked_fill, where) rather than

@@ -135,11 +135,6 @@ class ReIDArgumentParser(argparse.ArgumentParser):
             self.error(f'--amp-dtype {args.amp_dtype} needs --amp')
         if args.pretrained_path and not os.path.isfile(args.pretrained_path):
             self.error(f'--pretrained-path {args.pretrained_path}: no such file')
-        if args.pretrained_grid is not None:
-            try:
-                args.pretrained_grid = weights.parse_grid(args.pretrained_grid)
-            except ValueError as error:
-                self.error(str(error))
         for flag in ('pixel_mean', 'pixel_std'):
             values = getattr(args, flag)
             if values is not None and (flag == 'pixel_std' and min(values) <= 0 or max(values) > 1.0001):
@@ -269,10 +264,10 @@ def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False
     arch.add_argument('--pretrained-path', metavar='PATH',
                       help='local pretrained weights: torchvision / timm ImageNet, LUPerson, IBN-Net, TransReID(-SSL), '
                            'PersonViT, SOLIDER, CLIP or CLIP-ReID files, recognised and converted (see the README)')
-    arch.add_argument('--pretrained-grid', metavar='ROWSxCOLS',
+    arch.add_argument('--pretrained-grid', type=pretrained_grid, metavar='ROWSxCOLS',
                       help='the patch grid of the --pretrained-path position table when it cannot be recognised')
     arch.add_argument('--pixel-mean', type=float, nargs=3, metavar=('R', 'G', 'B'),
-                      help="input normalisation mean (default: the pretrained weights', else the checkpoint's, "
+                      help="input normalisation mean (default: the checkpoint's, else the pretrained weights', "
                            'else ImageNet\'s)')
     arch.add_argument('--pixel-std', type=float, nargs=3, metavar=('R', 'G', 'B'),
                       help='input normalisation std (default: as --pixel-mean)')
@@ -341,6 +336,14 @@ def arch_name(value):
     """argparse type of -a: a known name or timm:<model>."""
     try:
         return models.check_arch(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def pretrained_grid(value):
+    """argparse type of --pretrained-grid: 'ROWSxCOLS' -> (rows, columns)."""
+    try:
+        return weights.parse_grid(value)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from error
 

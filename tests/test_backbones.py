@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import torchvision
 
 import models
+import solver
 import weights
 from models.base import PretrainedWeightsError
 from test_weights import HEADS as CLIP_TEST_HEADS
@@ -388,14 +389,16 @@ def test_openai_clip_matches_reference_forward(tmp_path):
     assert CLIP_TEST_HEADS  # the helpers above come from test_weights
 
 
+class Holder(torch.nn.Module):
+    """A TorchScript-able module that only holds tensors (submodules are Holders too)."""
+
+    def forward(self, x):
+        return x
+
+
 def test_openai_clip_torchscript_archive(tmp_path):
     """OpenAI distributes CLIP as a TorchScript archive: its tensors are read without unpickling code."""
     state = _clip_visual('visual.', width=64, layers=1, grid=(14, 14), out_dim=8, seed=10)
-
-    class Holder(torch.nn.Module):
-        def forward(self, x):
-            return x
-
     root = Holder()
     for key, value in state.items():
         *parents, leaf = key.split('.')
@@ -475,3 +478,24 @@ def test_camera_ids_reach_the_model_through_the_test_network():
     with pytest.raises(ValueError, match='--patch-stride and --camera-embedding apply to the ViTs'):
         models.init_model('resnet50', 5, pretrained=False, num_cameras=3)
     assert np.isfinite(by_camera.numpy()).all()
+
+
+def test_gem_pooling_by_hand():
+    pool = models.base.make_global_pool('gem')
+    feature_map = torch.rand(2, 3, 4, 2) + 0.1
+    expected = feature_map.pow(3).mean(dim=(2, 3)).pow(1 / 3)
+    torch.testing.assert_close(pool(feature_map), expected)
+    assert pool.p.requires_grad and float(pool.p) == 3.0
+    torch.testing.assert_close(models.base.make_global_pool('max')(feature_map), feature_map.amax(dim=(2, 3)))
+
+
+def test_bias_learning_rate_factor():
+    model = models.init_model('resnet50', 4, pretrained=False, height=64, width=32)
+    optimizer = solver.build_optimizer(solver.param_groups(model, 2.0), 'sgd', 0.01, 1e-4)
+    weights_group, bias_group = optimizer.param_groups
+    assert weights_group['lr'] == 0.01 and bias_group['lr'] == 0.02 and bias_group['weight_decay'] == 1e-4
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].endswith('bias') for p in bias_group['params'])
+    assert len(weights_group['params']) + len(bias_group['params']) == len(list(model.parameters()))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.5)
+    assert scheduler.get_last_lr() == [0.005, 0.01]

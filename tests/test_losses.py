@@ -98,3 +98,13 @@ def test_gradients_flow():
     logits.grad = None
     ReIDLoss(4, margin=0.3, htri_only=True)((logits, features), pids).backward()
     assert logits.grad is None and features.grad.abs().sum() > 0
+
+
+def test_soft_margin_triplet_by_hand():
+    """TransReID's soft margin: mean over anchors of log(1 + exp(d_ap - d_an)), hardest pairs."""
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 0.0]])
+    pids = torch.tensor([0, 0, 1, 1])
+    # anchors 0 and 1: d_ap 1, d_an 2; anchors 2 and 3: d_ap sqrt(13), d_an 2
+    expected = (2 * math.log1p(math.exp(-1)) + 2 * math.log1p(math.exp(math.sqrt(13) - 2))) / 4
+    assert TripletLoss(soft=True)(x, pids).item() == pytest.approx(expected, rel=1e-6)
+    assert TripletLoss(margin=0.3)(x, pids).item() == pytest.approx((0 + 0 + 2 * (math.sqrt(13) - 2 + 0.3)) / 4, rel=1e-6)
