@@ -14,7 +14,7 @@ from options import UsageError
 from samplers import RandomIdentitySampler, ShuffleSampler
 from transforms import build_transforms
 
-__all__ = ['ImageReadError', 'read_image', 'seeded_rng', 'ImageDataset', 'VideoDataset', 'frames_of',
+__all__ = ['check_train_batch', 'ImageReadError', 'read_image', 'seeded_rng', 'ImageDataset', 'VideoDataset', 'frames_of',
            'build_train_loader', 'Target', 'build_target', 'load_datasets', 'build_loaders']
 
 
@@ -140,6 +140,28 @@ def frames_of(tracklets):
     return [(path, pid, camid) for paths, pid, camid in tracklets for path in paths]
 
 
+def check_train_batch(args, dataset, video, triplet):
+    """The training items (frames for video unless --clip-train), once --train-batch is known
+    to fit them: divisible among the processes (and into whole identities for P x K batches),
+    and no larger than the data. Raises UsageError otherwise, before any model is built."""
+    train_items = dataset.train if not video or args.clip_train else frames_of(dataset.train)
+    world_size = distributed.get_world_size()
+    if args.train_batch % (world_size * (args.num_instances if triplet else 1)):
+        per_rank = f'{world_size} processes x --num-instances {args.num_instances}' if triplet else f'{world_size} processes'
+        raise UsageError(f'--train-batch {args.train_batch} (the global batch) must be divisible by {per_rank}, '
+                         f'so that every process gets an equal share' + (' of whole identities' if triplet else ''))
+    if triplet:
+        identities, identities_per_batch = len({pid for _, pid, _ in train_items}), args.train_batch // args.num_instances
+        if identities < identities_per_batch:
+            raise UsageError(f'the training split has {identities} identities, fewer than the '
+                             f'{identities_per_batch} a batch needs (--train-batch {args.train_batch} / '
+                             f'--num-instances {args.num_instances}); lower --train-batch')
+    elif len(train_items) < args.train_batch:
+        raise UsageError(f'the training split has {len(train_items)} samples, fewer than '
+                         f'--train-batch {args.train_batch}')
+    return train_items
+
+
 def build_train_loader(args, dataset, video, triplet, use_gpu):
     """The training DataLoader. Video training decomposes tracklets into frames (image batches)
     unless --clip-train.
@@ -150,29 +172,15 @@ def build_train_loader(args, dataset, video, triplet, use_gpu):
     """
     transform_train, _ = build_transforms(args.height, args.width, args.augment, args.random_erasing,
                                           fill_mean=args.pixel_mean)
-    clip_train = video and args.clip_train
-    train_items = dataset.train if not video or clip_train else frames_of(dataset.train)
-    if clip_train:
+    train_items = check_train_batch(args, dataset, video, triplet)
+    if video and args.clip_train:
         train_set = VideoDataset(train_items, args.seq_len, 'random', transform_train, split='train')
     else:
         train_set = ImageDataset(train_items, transform_train, split='train')
-
     world_size, rank = distributed.get_world_size(), distributed.get_rank()
-    if args.train_batch % (world_size * (args.num_instances if triplet else 1)):
-        per_rank = f'{world_size} processes x --num-instances {args.num_instances}' if triplet else f'{world_size} processes'
-        raise UsageError(f'--train-batch {args.train_batch} (the global batch) must be divisible by {per_rank}, '
-                         f'so that every process gets an equal share' + (' of whole identities' if triplet else ''))
     if triplet:
         sampler = RandomIdentitySampler(train_items, num_instances=args.num_instances, batch_size=args.train_batch,
                                         num_replicas=world_size, rank=rank, seed=args.seed, item_seeds=True)
-        identities_per_batch = args.train_batch // args.num_instances
-        if len(sampler.pids) < identities_per_batch:
-            raise UsageError(f'the training split has {len(sampler.pids)} identities, fewer than the '
-                             f'{identities_per_batch} a batch needs (--train-batch {args.train_batch} / '
-                             f'--num-instances {args.num_instances}); lower --train-batch')
-    elif len(train_set) < args.train_batch:
-        raise UsageError(f'the training split has {len(train_set)} samples, fewer than '
-                         f'--train-batch {args.train_batch}')
     else:
         sampler = ShuffleSampler(len(train_set), batch_size=args.train_batch, num_replicas=world_size, rank=rank,
                                  seed=args.seed, item_seeds=True)

@@ -23,7 +23,7 @@ import rerank
 import solver
 import utils
 import visualize
-from dataset_loader import ImageReadError, build_loaders, load_datasets
+from dataset_loader import ImageReadError, build_loaders, check_train_batch, load_datasets
 from eval_metrics import (NoValidQueryError, evaluate_blocks, evaluate_features, format_verification,
                           pairwise_distance)
 from options import UsageError
@@ -367,6 +367,7 @@ def run(args, *, video, loss, build_criterion):
 
     print(f'Initializing dataset {" + ".join(args.dataset)}')
     dataset, test_sets = load_datasets(args)
+    check_train_batch(args, dataset, video, 'htri' in loss)  # a bad --train-batch stops before the model is built
 
     if args.camera_embedding and not args.num_cameras:
         if dataset.num_train_cams < 2:

@@ -499,3 +499,26 @@ def test_bias_learning_rate_factor():
     assert len(weights_group['params']) + len(bias_group['params']) == len(list(model.parameters()))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.5)
     assert scheduler.get_last_lr() == [0.005, 0.01]
+
+
+def test_stray_tensors_and_wrong_widths_of_the_other_sources(tmp_path):
+    """Every source stops on a tensor it does not expect and on a file of another width."""
+    ibn = random_like(models.init_model('resnet50_ibn_a', 4, pretrained=False).backbone.state_dict())
+    with pytest.raises(PretrainedWeightsError, match=r'unexpected \(e\.g\. layer2\.0\.bn1\.IN\.extra'):
+        models.init_model('resnet50_ibn_a', 4, pretrained_path=save(tmp_path, 'ibn.pth', dict(
+            ibn, **{'layer2.0.bn1.IN.extra': torch.ones(2)})))
+    transreid = transreid_checkpoint()
+    with pytest.raises(PretrainedWeightsError, match=r'unexpected \(e\.g\. blocks\.0\.attn\.gamma'):
+        models.init_model('vit_small', 4, pretrained_path=save(tmp_path, 't.pth', dict(
+            transreid, **{'base.blocks.0.attn.gamma': torch.ones(384)})), height=256, width=128, patch_stride=12)
+    with pytest.raises(PretrainedWeightsError, match="unexpected tensor 'jpm.extra' in a TransReID"):
+        models.init_model('vit_small', 4, pretrained_path=save(tmp_path, 't2.pth', dict(
+            transreid, **{'jpm.extra': torch.ones(1)})), height=256, width=128, patch_stride=12)
+    tiny_swin = random_like(timm.create_model('swin_tiny_patch4_window7_224', num_classes=0).state_dict())
+    solider = {'backbone.' + k: v for k, v in _timm_to_solider(tiny_swin).items()}
+    with pytest.raises(PretrainedWeightsError, match='missing'):  # Swin-T's 6 third-stage blocks for Swin-S's 18
+        models.init_model('swin_small', 4, pretrained_path=save(tmp_path, 's.pth', {'teacher': solider}),
+                          height=64, width=32)
+    narrow = _clip_visual('visual.', width=64, layers=12, grid=(14, 14), out_dim=8)
+    with pytest.raises(PretrainedWeightsError, match=r'another shape \(e\.g\. patch_embed\.proj\.weight \(64, 3, 16, 16\) in the file'):
+        models.init_model('clip_vit_base', 4, pretrained_path=save(tmp_path, 'c.pth', narrow), height=64, width=32)

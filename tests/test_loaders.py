@@ -187,7 +187,7 @@ def epoch_batches(market, monkeypatch, triplet, workers, world_size=1, rank=0, e
     monkeypatch.setattr(distributed, 'get_world_size', lambda: world_size)
     monkeypatch.setattr(distributed, 'get_rank', lambda: rank)
     args = SimpleNamespace(height=32, width=16, augment='pad-crop', random_erasing=0.5, clip_train=False,
-                           train_batch=8, num_instances=4, seed=7, workers=workers)
+                           train_batch=8, num_instances=4, seed=7, workers=workers, pixel_mean=None)
     loader = build_train_loader(args, market, video=False, triplet=triplet, use_gpu=False)
     batches = []
     for epoch in epochs:

@@ -77,7 +77,7 @@ def test_missing_dataset_fails_before_the_model(tmp_path):
     (train_img_model_xent, ['--height', '0'], '--height must be positive'),
     (train_img_model_xent, ['--width', '-5'], '--width must be positive'),
     (train_img_model_xent, ['--eval-step', '0'], '--eval-step must be a positive number'),
-    (train_img_model_xent, ['-a', 'vgg16'], "invalid choice: 'vgg16' (choose from 'resnet50', 'resnet50m', 'densenet121')"),
+    (train_img_model_xent, ['-a', 'vgg16'], "unknown model 'vgg16'; known models: resnet50, resnet50m, densenet121"),
     (train_img_model_xent, ['-d', 'dukemtmc'], "invalid choice: 'dukemtmc' (choose from 'market1501', 'dukemtmcreid'"),
     (train_img_model_xent, ['--resume', '/no/such/checkpoint.pth.tar'], '--resume /no/such/checkpoint.pth.tar: no such file'),
     (train_img_model_xent, ['--rerank', '--k2', '30'], 're-ranking needs --k1 >= 1, 1 <= --k2 <= k1 + 1'),
