@@ -63,10 +63,31 @@ def save_checkpoint(state, path):
 
 
 def copy_file_atomic(src, dst):
-    def write(f):
-        with open(src, 'rb') as source:
-            shutil.copyfileobj(source, f)
-    write_atomic(dst, write)
+    """Make `dst` a copy of `src`, atomically: a hard link where the file system allows it (no
+    second copy on disk), else a byte copy. A link is safe because checkpoints are never
+    modified in place: write_atomic replaces a file by renaming a new one over it, which leaves
+    the other name's content as it was."""
+    directory = os.path.dirname(os.path.abspath(dst))
+    tmp_path = os.path.join(directory, f'.{os.path.basename(dst)}.{os.getpid()}.link')
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp_path)
+        os.link(src, tmp_path)
+        os.replace(tmp_path, dst)
+    except OSError:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp_path)
+
+        def write(f):
+            with open(src, 'rb') as source:
+                shutil.copyfileobj(source, f)
+        write_atomic(dst, write)
+        return
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the new name durable
+    finally:
+        os.close(dir_fd)
 
 
 # What released checkpoints pickle besides tensors and containers: the 2018 code stored

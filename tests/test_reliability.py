@@ -218,3 +218,23 @@ def test_ctrl_c_exits_cleanly_naming_the_last_checkpoint(synthetic_root, tmp_pat
     assert 'Traceback' not in stderr
     assert checkpoints.load_checkpoint(str(tmp_path / 'checkpoint_last.pth.tar'))['epoch'] == 1
     assert checkpoints.load_checkpoint(str(tmp_path / 'checkpoint_ep1.pth.tar'))['epoch'] == 1
+
+
+def test_checkpoint_copies_are_hard_links_that_later_writes_leave_alone(tmp_path, monkeypatch):
+    """best_model / checkpoint_last take no second copy on disk, and rewriting one name (an
+    atomic rename of a new file) never changes the other."""
+    epoch = tmp_path / 'checkpoint_ep2.pth.tar'
+    checkpoints.save_checkpoint({'state_dict': {'w': torch.ones(3)}, 'epoch': 2}, epoch)
+    last = tmp_path / 'checkpoint_last.pth.tar'
+    checkpoints.copy_file_atomic(epoch, last)
+    assert os.stat(last).st_ino == os.stat(epoch).st_ino
+    checkpoints.save_checkpoint({'state_dict': {'w': torch.zeros(3)}, 'epoch': 3}, last)
+    assert checkpoints.load_checkpoint(str(epoch))['epoch'] == 2 and checkpoints.load_checkpoint(str(last))['epoch'] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['checkpoint_ep2.pth.tar', 'checkpoint_last.pth.tar']
+
+    def no_links(src, dst):
+        raise OSError('hard links not supported')
+    monkeypatch.setattr(os, 'link', no_links)
+    best = tmp_path / 'best_model.pth.tar'
+    checkpoints.copy_file_atomic(epoch, best)
+    assert os.stat(best).st_ino != os.stat(epoch).st_ino and best.read_bytes() == epoch.read_bytes()
