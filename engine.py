@@ -162,11 +162,12 @@ def read_loss(loss, mean_loss, first_bad, epoch, trainloader, args):
 
 @torch.inference_mode()
 def extract_features(model, loader, device, flip=False, pool='avg', chunk=64, split='', every=10.0,
-                     pixel_mean=None, pixel_std=None):
+                     pixel_mean=None, pixel_std=None, cameras=True):
     """Test features of a split: ((N, D) float32 on the device, pids (N,), camids (N,)).
 
-    Images are normalised with pixel_mean / pixel_std (default ImageNet's); a model with a camera
-    embedding reads each sample's camid (an id outside its training cameras counts as unknown).
+    Images are normalised with pixel_mean / pixel_std (default ImageNet's). A model with a camera
+    embedding reads each sample's camid when `cameras` (an id outside its training cameras counts
+    as unknown), and gives the camera-agnostic feature otherwise.
 
     A long split prints a progress line (done, rate, time left) every `every` seconds.
 
@@ -183,13 +184,13 @@ def extract_features(model, loader, device, flip=False, pool='avg', chunk=64, sp
     progress, last_print = utils.Progress(len(loader.dataset)), time.time()
     for imgs, batch_pids, batch_camids in loader:
         imgs = normalize(imgs.to(device, non_blocking=True), pixel_mean, pixel_std)
-        cams = batch_camids.to(device) if model.num_cameras else None
+        cams = batch_camids.to(device) if model.num_cameras and cameras else None
         if imgs.dim() == 5:
             frames = imgs.flatten(0, 1)
-            frame_cams = None if cams is None else cams.repeat_interleave(imgs.shape[1])
             step = chunk if whole_tracklets else len(frames)
-            frame_features = torch.cat([net(part, None if frame_cams is None else frame_cams[i:i + step])
-                                        for i, part in zip(range(0, len(frames), step), frames.split(step))])
+            parts = frames.split(step)
+            part_cams = [None] * len(parts) if cams is None else cams.repeat_interleave(imgs.shape[1]).split(step)
+            frame_features = torch.cat([net(part, cam) for part, cam in zip(parts, part_cams)])
             features.append(models.temporal_pool(frame_features.view(imgs.shape[0], imgs.shape[1], -1), pool))
         else:
             features.append(net(imgs, cams))
@@ -202,14 +203,15 @@ def extract_features(model, loader, device, flip=False, pool='avg', chunk=64, sp
     return torch.cat(features).float(), torch.cat(pids), torch.cat(camids)
 
 
-def extract_split(model, loader, device, args, split):
+def extract_split(model, loader, device, args, split, cameras=True):
     """extract_features under --amp's autocast, in float32 after it; under DDP every rank
     extracts its contiguous shard and receives the whole split back in dataset order."""
     pool, chunk = getattr(args, 'pool', 'avg'), getattr(args, 'test_chunk', 64)
     amp_dtype = autocast_dtype(args, device)
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         features, pids, camids = extract_features(model, loader, device, args.flip_test, pool, chunk, split,
-                                                  pixel_mean=args.pixel_mean, pixel_std=args.pixel_std)
+                                                  pixel_mean=args.pixel_mean, pixel_std=args.pixel_std,
+                                                  cameras=cameras)
     if not distributed.is_distributed():
         return features, pids, camids
     # NCCL gathers device tensors only: ids travel on the device too.
@@ -222,9 +224,15 @@ def test(model, target, device, args, visrank_dir):
     the ranked-list pictures to visrank_dir. Returns (rank1, mAP) without re-ranking.
     Under DDP all ranks extract and rank 0 alone evaluates; the others return (None, None)."""
     start = time.time()
-    qf, q_pids, q_camids = extract_split(model, target.queryloader, device, args, 'query')
+    # A camera embedding knows the cameras of the one dataset it was trained on; on any other
+    # target (or after training on several) the features are the camera-agnostic ones.
+    cameras = model.num_cameras > 0 and args.dataset == [target.dataset.name]
+    if model.num_cameras and not cameras:
+        print(f'Note: the camera embedding was trained on {" + ".join(args.dataset)}\'s cameras: '
+              f'{target.dataset.name} is evaluated with camera-agnostic features')
+    qf, q_pids, q_camids = extract_split(model, target.queryloader, device, args, 'query', cameras)
     print(f'Extracted features for query set, obtained {qf.shape[0]}-by-{qf.shape[1]} matrix')
-    gf, g_pids, g_camids = extract_split(model, target.galleryloader, device, args, 'gallery')
+    gf, g_pids, g_camids = extract_split(model, target.galleryloader, device, args, 'gallery', cameras)
     print(f'Extracted features for gallery set, obtained {gf.shape[0]}-by-{gf.shape[1]} matrix')
     print(f'==> Feature extraction: {time.time() - start:.1f} s')
     if distributed.get_rank() != 0:
@@ -373,7 +381,7 @@ def run(args, *, video, loss, build_criterion):
         if dataset.num_train_cams < 2:
             raise UsageError(f'--camera-embedding needs training data from several cameras; {" + ".join(args.dataset)} '
                              f'has {dataset.num_train_cams} (a folder without camera ids counts as one)')
-        args.num_cameras = dataset.num_train_cams
+        args.num_cameras = 1 + max(camid for _, _, camid in dataset.train)  # one vector per camera id
 
     if args.lr is None and checkpoint is not None and checkpoint.get('args', {}).get('lr'):
         args.lr = checkpoint['args']['lr']  # --recipe vit's choice, made when the run started

@@ -112,8 +112,10 @@ class FeatureExtractor:
         batch_size images at a time."""
         features = []
         mean, std = self.config['pixel_mean'], self.config['pixel_std']
-        for i, batch in zip(range(0, len(images), self.batch_size), images.split(self.batch_size)):
-            cams = None if camids is None else camids[i:i + self.batch_size].to(self.device)
+        batches = images.split(self.batch_size)
+        batch_camids = [None] * len(batches) if camids is None else camids.split(self.batch_size)
+        for batch, cams in zip(batches, batch_camids):
+            cams = None if cams is None else cams.to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 features.append(self.net(normalize(batch.to(self.device), mean, std), cams).float())
         return torch.cat(features)
