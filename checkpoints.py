@@ -20,6 +20,7 @@ import torch
 import distributed
 import options
 import utils
+import weights
 
 __all__ = ['CheckpointError', 'write_atomic', 'save_checkpoint', 'copy_file_atomic', 'load_checkpoint',
            'load_model_weights', 'find_last_checkpoint', 'resolve_resume', 'restore_training_state',
@@ -51,9 +52,14 @@ def write_atomic(path, write):
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp_path)
         raise
+    fsync_directory(directory)  # make the rename itself durable
+
+
+def fsync_directory(directory):
+    """Flush a directory's entries (a rename or a new link) to disk."""
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)  # make the rename itself durable
+        os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
@@ -83,11 +89,7 @@ def copy_file_atomic(src, dst):
                 shutil.copyfileobj(source, f)
         write_atomic(dst, write)
         return
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the new name durable
-    finally:
-        os.close(dir_fd)
+    fsync_directory(directory)  # make the new name durable
 
 
 # What released checkpoints pickle besides tensors and containers: the 2018 code stored
@@ -123,7 +125,7 @@ def load_checkpoint(path):
         checkpoint = {'state_dict': checkpoint}  # a bare state dict
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get('state_dict'), dict):
         raise CheckpointError(f'{path} is not a re-ID checkpoint: expected a dict with a "state_dict"')
-    return checkpoint
+    return weights.adapt_torchreid_checkpoint(checkpoint)
 
 
 def load_model_weights(model, state_dict):

@@ -19,7 +19,12 @@ Sources (the layouts come from each project's own loading code):
 - TransReID trained checkpoints: `base.*`, camera embedding `base.sie_embed`, stride 12, JPM;
 - SOLIDER Swin-T/S/B (Chen et al., CVPR 2023): mmcv Swin names, permuted patch merging, the
   semantic controller at lambda 0.2;
-- OpenAI CLIP ViT-B/16 (state dict or TorchScript archive) and CLIP-ReID's `image_encoder.*`.
+- OpenAI CLIP ViT-B/16 (state dict or TorchScript archive) and CLIP-ReID's `image_encoder.*`;
+- torchreid's OSNet and OSNet-AIN files (ImageNet and re-ID zoo): the model's own tree.
+
+torchreid's trained OSNet zoo files also work as checkpoints (`--evaluate --resume`,
+extract_features.py): checkpoints.load_checkpoint recognises them (torchreid_osnet_arch) and
+moves their backbone under `backbone.`.
 
 Position tables are resampled bilinearly without antialiasing from the source grid to the
 model's, as TransReID, TransReID-SSL and CLIP-ReID do (timm's own default is bicubic with
@@ -41,7 +46,7 @@ from timm.layers import resample_abs_pos_embed
 from models.base import PretrainedWeightsError
 from transforms import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ['load_pretrained', 'LoadReport', 'read_weights', 'unwrap', 'resample_position_table',
+__all__ = ['load_pretrained', 'torchreid_osnet_arch', 'adapt_torchreid_checkpoint', 'LoadReport', 'read_weights', 'unwrap', 'resample_position_table',
            'source_grid', 'parse_grid', 'convert_openai_clip_visual', 'convert_solider_swin',
            'patch_merging_mmcv_to_timm', 'LUPERSON_MEAN', 'LUPERSON_STD', 'HALF', 'OPENAI_CLIP_MEAN',
            'OPENAI_CLIP_STD']
@@ -368,6 +373,33 @@ def convert_swin(state, model, report, grid=None):
     state = checkpoint_filter_fn({k: v for k, v in state.items() if not k.startswith('head')}, model.backbone)
     report.source = 'timm / Microsoft Swin (ImageNet)'
     return state, {}
+
+
+def torchreid_osnet_arch(state_dict):
+    """The -a name of a torchreid OSNet state dict (`conv1.conv.weight` at the top level, no
+    `backbone.`), or None: the family from its tree (OSNet-AIN has separate `pool2` transitions;
+    osnet_ibn's stem norm is an InstanceNorm, so it has no running statistics), the width from
+    the stem's channels."""
+    keys = {k.removeprefix('module.') for k in state_dict}
+    stem = next((v for k, v in state_dict.items() if k.removeprefix('module.') == 'conv1.conv.weight'), None)
+    if stem is None or stem.dim() != 4 or 'conv2.0.conv1.conv.weight' not in keys:
+        return None
+    width = {64: 'x1_0', 48: 'x0_75', 32: 'x0_5', 16: 'x0_25'}.get(stem.shape[0])
+    if width is None:
+        return None
+    if any(k.startswith('pool2.') for k in keys):
+        return f'osnet_ain_{width}'
+    if 'conv1.bn.running_mean' not in keys:
+        return 'osnet_ibn_x1_0' if width == 'x1_0' else None
+    return f'osnet_{width}'
+
+
+def convert_osnet(state, model, report, grid=None):
+    """torchreid OSNet / OSNet-AIN files (ImageNet or re-ID zoo): the backbone's own names; the
+    classifier (1000 ImageNet classes, or the training identities) dropped."""
+    _drop(report, 'classifier', [k for k in state if k.startswith('classifier.')])
+    report.source = f'torchreid {torchreid_osnet_arch(state) or "OSNet"} file'
+    return {k: v for k, v in state.items() if not k.startswith('classifier.')}, {}
 
 
 def convert_timm(state, model, report, grid=None):
@@ -721,6 +753,8 @@ def _family(model):
         return convert_swin, model.backbone
     if kind == 'TimmNet':
         return convert_timm, model.backbone
+    if kind in ('OSNet', 'OSNetAIN'):
+        return convert_osnet, model.backbone
     raise PretrainedWeightsError(f'no converter for {kind}')
 
 
@@ -742,6 +776,21 @@ def _load_strict(module, state, path):
         raise PretrainedWeightsError(f'{path} does not fit the model: ' + '; '.join(parts))
     module.load_state_dict(state, strict=False)  # num_batches_tracked may be absent in old files
     return len(state)
+
+
+def adapt_torchreid_checkpoint(checkpoint):
+    """A torchreid OSNet zoo file, loaded as a checkpoint dict, in this repo's names: the arch
+    read off its tensors, its backbone under `backbone.`, its classifier kept (same names), and
+    nothing else of torchreid's training state (the optimizer is another's). Any other
+    checkpoint is returned as it is."""
+    if 'model' in checkpoint:
+        return checkpoint
+    arch = torchreid_osnet_arch(checkpoint['state_dict'])
+    if arch is None:
+        return checkpoint
+    state = {k.removeprefix('module.'): v for k, v in checkpoint['state_dict'].items()}
+    state = {(k if k.startswith('classifier.') else 'backbone.' + k): v for k, v in state.items()}
+    return {'state_dict': state, 'arch': arch}
 
 
 def load_pretrained(model, path, grid=None):

@@ -5,6 +5,7 @@ from transforms import IMAGENET_MEAN, IMAGENET_STD
 
 from .base import GLOBAL_POOLS, PretrainedWeightsError, ReIDModel, TestFeatureNet, temporal_pool
 from .densenet import DenseNet121
+from .osnet import OSNET_ARCHS
 from .resnet import ResNet50, ResNet50M
 from .resnet_ibn import ResNet50IBNa
 from .swin import SWIN_ARCHS, SwinTransformer
@@ -13,7 +14,7 @@ from .vit import VIT_ARCHS, VisionTransformer
 
 __all__ = ['init_model', 'get_names', 'check_arch', 'is_transformer', 'ReIDModel', 'TestFeatureNet',
            'PretrainedWeightsError', 'temporal_pool', 'CONFIG_DEFAULTS', 'SHAPING_OPTIONS', 'GLOBAL_POOLS',
-           'VIT_ARCHS', 'SWIN_ARCHS', 'checkpoint_config', 'from_checkpoint']
+           'VIT_ARCHS', 'SWIN_ARCHS', 'OSNET_ARCHS', 'checkpoint_config', 'from_checkpoint']
 
 _CLASSIC = {
     'resnet50': ResNet50,
@@ -21,7 +22,7 @@ _CLASSIC = {
     'densenet121': DenseNet121,
 }
 # Every -a name but timm:<model>; the classic three keep their 2018 tensor layout.
-NAMES = [*_CLASSIC, 'resnet50_ibn_a', *VIT_ARCHS, *SWIN_ARCHS]
+NAMES = [*_CLASSIC, 'resnet50_ibn_a', *OSNET_ARCHS, *VIT_ARCHS, *SWIN_ARCHS]
 
 # What a checkpoint records under 'model'. SHAPING_OPTIONS shape the model or the ranking, so a
 # flag that contradicts them is an error; the others describe the test input and feature, which
@@ -90,6 +91,9 @@ def init_model(name, num_classes, loss=('xent',), pretrained=True, pretrained_pa
                                **extra, **head)
     elif name == 'resnet50_ibn_a':
         model = ResNet50IBNa(num_classes, last_stride=last_stride, global_pool=global_pool, **head)
+    elif name in OSNET_ARCHS:
+        family, options = OSNET_ARCHS[name]
+        model = family(num_classes, global_pool=global_pool, **options, **head)
     elif vit:
         timm_name, options = VIT_ARCHS[name]
         model = VisionTransformer(num_classes, timm_name, height=height, width=width, patch_stride=patch_stride,
@@ -116,7 +120,11 @@ def _with_report(model, report):
 
 
 def _infer_arch(state_dict):
-    """The architecture of a state dict that does not name it (the 2018 checkpoints)."""
+    """The architecture of a state dict that does not name it: the 2018 checkpoints, and
+    torchreid's OSNet zoo files (weights.torchreid_osnet_arch)."""
+    osnet = weights.torchreid_osnet_arch(state_dict)
+    if osnet:
+        return osnet
     keys = {k.removeprefix('module.') for k in state_dict}
     if any(k.startswith('layers5a.') for k in keys):
         return 'resnet50m'
