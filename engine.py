@@ -76,9 +76,11 @@ def autocast_dtype(args, device):
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def train_step(model, criterion, optimizer, center_optimizer, scaler, imgs, pids, amp_dtype, camids=None):
+def train_step(model, criterion, optimizer, center_optimizer, scaler, imgs, pids, amp_dtype, camids=None,
+               frozen=()):
     """One optimizer step on a batch; returns the loss (a 0-d tensor on the device, not synced).
-    camids (B,) reach models with a camera embedding (the others ignore them).
+    camids (B,) reach models with a camera embedding (the others ignore them); the `frozen`
+    parameters (frozen_backbone) lose their gradient before the step, so it leaves them alone.
 
     The GradScaler (enabled for float16 only) skips the step when the scaled gradients
     overflow, which is normal in float16 and is not an error; a non-finite loss is (the losses
@@ -92,6 +94,8 @@ def train_step(model, criterion, optimizer, center_optimizer, scaler, imgs, pids
     if center_optimizer is not None:
         center_optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    for param in frozen:
+        param.grad = None
     scaler.step(optimizer)
     if center_optimizer is not None:
         scaler.unscale_(center_optimizer)
@@ -99,6 +103,20 @@ def train_step(model, criterion, optimizer, center_optimizer, scaler, imgs, pids
         scaler.step(center_optimizer)
     scaler.update()
     return loss.detach()
+
+
+def frozen_backbone(model, epoch, args):
+    """During the first --fixbase-epochs epochs, the backbone (pretrained; `backbone`, or `base`
+    for the 2018 models) is frozen as torchreid freezes it: in eval mode, so its BatchNorm
+    statistics stay, and its parameters are returned for train_step to leave alone. The new
+    layers (classifier, neck, pooling, camera embedding) train. Afterwards: no parameter."""
+    if epoch >= args.fixbase_epochs:
+        return []
+    plain = getattr(model, '_orig_mod', model)  # under torch.compile
+    plain = getattr(plain, 'module', plain)  # under DDP / DataParallel
+    trunk = plain.backbone if hasattr(plain, 'backbone') else plain.base
+    trunk.eval()
+    return list(trunk.parameters())
 
 
 def train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, scaler, trainloader, device, args):
@@ -112,6 +130,9 @@ def train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, scaler
     are kept).
     """
     model.train()
+    frozen = frozen_backbone(model, epoch, args)
+    if frozen:
+        print(f'Backbone frozen (--fixbase-epochs {args.fixbase_epochs}): training the new layers only')
     trainloader.sampler.set_epoch(epoch)
     amp_dtype = autocast_dtype(args, device)
     channels_last = torch.channels_last if args.channels_last else torch.preserve_format
@@ -125,7 +146,8 @@ def train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, scaler
         if imgs.dim() == 4:
             imgs = imgs.contiguous(memory_format=channels_last)
         imgs = normalize(imgs, args.pixel_mean, args.pixel_std)
-        loss = train_step(model, criterion, optimizer, center_optimizer, scaler, imgs, pids, amp_dtype, camids)
+        loss = train_step(model, criterion, optimizer, center_optimizer, scaler, imgs, pids, amp_dtype, camids,
+                          frozen)
         loss_sum += loss
         first_bad = torch.where(torch.isfinite(loss) | (first_bad < batch_idx), first_bad, batch_idx)
         progress.update(pids.size(0) * world_size)

@@ -42,6 +42,15 @@ VIT = {
     'bnneck': True, 'neck_feat': 'before', 'center_loss': 0.0, 'dist_metric': 'cosine',
 }
 VIT_LR = {'imagenet': 8e-3, 'person': 4e-4}
+# torchreid's published OSNet recipe (its model zoo): AMSGrad 0.0015, batch 64, 150 epochs, x0.1 at
+# epoch 60, softmax with label smoothing 0.1, random flip only, and the first 10 epochs train
+# only the new layers (the backbone frozen: torchreid's fixbase_epoch 10).
+OSNET = {
+    'optim': 'amsgrad', 'lr': 0.0015, 'weight_decay': 5e-4, 'train_batch': 64, 'max_epoch': 150,
+    'lr_scheduler': 'step', 'stepsize': 60, 'gamma': 0.1, 'label_smooth': 0.1, 'augment': 'flip',
+    'random_erasing': 0.0, 'fixbase_epochs': 10,
+}
+RECIPES = {'bot': BOT, 'vit': VIT, 'osnet': OSNET}
 # Video: the same schedule shape stretched to the classic video scripts' lengths (frames are
 # trained as images, so an epoch of the xent script is every frame of MARS, and one of the
 # triplet script is P x K frames per identity): 15 epochs (warmup 1, decay at 5 and 9) and
@@ -56,7 +65,7 @@ def recipe_settings(recipe, video, triplet):
     """The flag defaults a --recipe sets (flags given explicitly still win)."""
     if recipe == 'classic':
         return {}
-    settings = dict(BOT if recipe == 'bot' else VIT)
+    settings = dict(RECIPES[recipe])
     if not triplet:
         for key in ('num_instances', 'soft_margin'):
             settings.pop(key, None)
@@ -141,6 +150,8 @@ class ReIDArgumentParser(argparse.ArgumentParser):
                 self.error(f'{flag_name(flag)} takes three values in [0, 1] (std > 0), for R, G and B; got {values}')
         if args.lr is not None and args.lr <= 0:
             self.error(f'--lr must be positive, got {args.lr}')
+        if args.fixbase_epochs < 0:
+            self.error(f'--fixbase-epochs must be >= 0, got {args.fixbase_epochs}')
         if not 0 <= args.drop_path < 1:
             self.error(f'--drop-path is a probability in [0, 1), got {args.drop_path}')
         if self.triplet:
@@ -163,10 +174,10 @@ def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False
     checkpoint being resumed, or from the defaults."""
     parser = ReIDArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 video=video, triplet=triplet)
-    parser.add_argument('--recipe', default='classic', choices=('classic', 'bot', 'vit'),
+    parser.add_argument('--recipe', default='classic', choices=('classic', *RECIPES),
                         help='classic: the deep-person-reid defaults; bot: the strong baseline of Luo et al. '
-                             '(CVPR-W 2019); vit: the TransReID / PersonViT ViT fine-tune; printed at start; '
-                             'flags given explicitly win (default: %(default)s)')
+                             '(CVPR-W 2019); vit: the TransReID / PersonViT ViT fine-tune; osnet: torchreid\'s '
+                             'OSNet recipe; printed at start; flags given explicitly win (default: %(default)s)')
 
     data = parser.add_argument_group('data')
     data.add_argument('-d', '--dataset', nargs='+', default=['mars' if video else 'market1501'],
@@ -195,7 +206,7 @@ def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False
     data.add_argument('--width', type=int, help='image width (default: 128, or the checkpoint\'s)')
     data.add_argument('--augment', default='translate', choices=AUGMENTATIONS,
                       help='translate: Random2DTranslation + flip (classic); pad-crop: flip, pad 10 (at 256x128, '
-                           'scaled with the size), random crop (BoT) (default: %(default)s)')
+                           'scaled with the size), random crop (BoT); flip: resize + flip (OSNet) (default: %(default)s)')
     data.add_argument('--random-erasing', type=float, default=0.0, metavar='P',
                       help='random erasing probability, 0 disables (default: %(default)s)')
 
@@ -222,6 +233,9 @@ def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False
                        help='raise the learning rate linearly over this many epochs (default: %(default)s)')
     optim.add_argument('--warmup-factor', type=float, default=0.01,
                        help='the warmup starts at this fraction of --lr (default: %(default)s)')
+    optim.add_argument('--fixbase-epochs', type=int, default=0, metavar='N',
+                       help='train only the new layers (classifier, neck) for the first N epochs: the pretrained '
+                            'backbone is frozen, BatchNorm statistics included (default: %(default)s)')
 
     loss = parser.add_argument_group('loss')
     loss.add_argument('--label-smooth', type=float, default=0.1, metavar='EPS',

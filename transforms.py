@@ -19,7 +19,7 @@ __all__ = ['Compose', 'Pad', 'RandomCrop', 'RandomErasing', 'RandomHorizontalFli
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 MEAN_PIXEL = tuple(round(255 * m) for m in IMAGENET_MEAN)  # (124, 116, 104): about 0 once normalised
-AUGMENTATIONS = ('translate', 'pad-crop')
+AUGMENTATIONS = ('translate', 'pad-crop', 'flip')
 
 
 class Random2DTranslation(torch.nn.Module):
@@ -54,10 +54,11 @@ def build_transforms(height, width, augment='translate', random_erasing=0.0, fil
     """(train, test) pipelines: PIL image -> uint8 tensor of shape (3, height, width), which
     `normalize` turns into the network's input.
 
-    augment: 'translate', the classic recipe (Random2DTranslation, then a horizontal flip), or
+    augment: 'translate', the classic recipe (Random2DTranslation, then a horizontal flip),
     'pad-crop', the BoT recipe (resize, flip, pad with zeros, random crop back): 10 pixels at
     256x128 as published, scaled with the image (2 at 64x32), so that the crop moves the person
-    by the same fraction of the image at any size.
+    by the same fraction of the image at any size; or 'flip', torchreid's OSNet recipe (resize,
+    horizontal flip).
     random_erasing: probability of erasing a random rectangle (Zhong et al., AAAI 2020) of 2-40%
     of the image area and aspect ratio 0.3-3.3, filled with the ImageNet mean pixel: the
     published recipe fills the normalised image with 0, which is that pixel up to its rounding
@@ -68,6 +69,8 @@ def build_transforms(height, width, augment='translate', random_erasing=0.0, fil
         raise ValueError(f'unknown augmentation {augment!r}; choose from {AUGMENTATIONS}')
     if augment == 'translate':
         geometry = [Random2DTranslation(height, width), RandomHorizontalFlip()]
+    elif augment == 'flip':
+        geometry = [Resize((height, width)), RandomHorizontalFlip()]
     else:
         padding = max(1, round(10 * min(height / 256, width / 128)))
         geometry = [Resize((height, width)), RandomHorizontalFlip(), Pad(padding), RandomCrop((height, width))]

@@ -146,30 +146,38 @@ def test_recipe_vit_sets_the_published_fine_tune(person_vit_file, capsys):
     assert 'given explicitly instead: --lr 0.001' in printed
 
 
-@pytest.mark.parametrize('cameras', [0, 3])
-def test_vit_onnx_export_matches_pytorch(tmp_path, cameras):
+@pytest.mark.parametrize('cameras, input_norm', [(0, 'imagenet'), (3, 'imagenet'), (3, 'model')])
+def test_vit_onnx_export_matches_pytorch(tmp_path, cameras, input_norm):
+    """A ViT with weights normalised 0.5 / 0.5: the graph takes ImageNet-normalised input by
+    default (BoxMOT's convention) and converts it inside; with --input-norm model it takes the
+    model's own. With a camera embedding, a second input takes the camera ids."""
     torch.manual_seed(0)
     model = models.init_model('vit_small', 7, pretrained=False, height=64, width=32, num_cameras=cameras).eval()
     config = dict(models.CONFIG_DEFAULTS, arch='vit_small', height=64, width=32, num_cameras=cameras,
                   dist_metric='cosine', flip_test=True, pixel_mean=[0.5] * 3, pixel_std=[0.5] * 3)
     checkpoint = {'state_dict': model.state_dict(), 'model': config}
     path = str(tmp_path / 'vit.onnx')
-    export_onnx.export(checkpoint, path)
+    export_onnx.export(checkpoint, path, input_norm=input_norm)
     onnx_model = onnx.load(path)
     assert [i.name for i in onnx_model.graph.input] == ['images'] + (['camids'] if cameras else [])
     metadata = {p.key: p.value for p in onnx_model.metadata_props}
-    assert json.loads(metadata['input_mean']) == [0.5] * 3 and json.loads(metadata['reid_config'])['num_cameras'] == cameras
+    mean_in, std_in = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]) if input_norm == 'imagenet' else ([0.5] * 3,) * 2
+    assert json.loads(metadata['input_mean']) == mean_in and json.loads(metadata['reid_config'])['num_cameras'] == cameras
+    side = json.loads(open(path + '.metadata.json').read())
+    assert side['model_name'] is None and side['img_size'] == [64, 32] and side['model_kwargs'] == {'img_size': [64, 32]}
+    assert side['preprocess'] == 'resize' and side['feature_dim'] == 384 and side['input_mean'] == mean_in
     session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
     net, _ = feature_net(checkpoint)
     for batch in (1, 5):
-        images = torch.randn(batch, 3, 64, 32)
-        feeds = {'images': images.numpy()}
+        pixels = torch.rand(batch, 3, 64, 32)
+        graph_input = (pixels - torch.tensor(mean_in).view(3, 1, 1)) / torch.tensor(std_in).view(3, 1, 1)
+        feeds = {'images': graph_input.numpy()}
         camids = None
         if cameras:
             camids = torch.tensor([2, -1, 0, 1, 7][:batch])  # -1 and 7: unknown cameras
             feeds['camids'] = camids.numpy()
         with torch.no_grad():
-            expected = net(images, camids).numpy()
+            expected = net((pixels - 0.5) / 0.5, camids).numpy()
         assert np.abs(session.run(None, feeds)[0] - expected).max() <= 1e-4
 
 

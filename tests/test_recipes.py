@@ -219,3 +219,33 @@ def test_resume_is_exact_with_every_bot_option_on(synthetic_root, tmp_path):
         assert torch.equal(a['state_dict'][key], b['state_dict'][key]), key
     assert torch.equal(a['criterion']['center.centers'], b['criterion']['center.centers'])
     assert parse_results(full.stdout)[-1] == parse_results(second.stdout)[-1]
+
+
+def test_recipe_osnet_is_torchreids(capsys):
+    args = train_img_model_xent.get_args_parser().parse_args(['--recipe', 'osnet', '-a', 'osnet_x1_0'])
+    assert (args.optim, args.lr, args.train_batch, args.max_epoch) == ('amsgrad', 0.0015, 64, 150)
+    assert (args.lr_scheduler, args.stepsize, args.gamma, args.label_smooth) == ('step', 60, 0.1, 0.1)
+    assert (args.augment, args.random_erasing, args.fixbase_epochs) == ('flip', 0.0, 10)
+    options.print_recipe(args)
+    assert '--recipe osnet sets: --optim amsgrad, --lr 0.0015' in capsys.readouterr().out
+
+
+def test_fixbase_epochs_train_the_new_layers_only():
+    """torchreid's fixbase: the backbone (weights and BatchNorm statistics) stays, the classifier learns."""
+    torch.manual_seed(0)
+    model = models.init_model('osnet_x0_25', 4, loss={'xent'}, pretrained=False)
+    args = types.SimpleNamespace(fixbase_epochs=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    frozen = engine.frozen_backbone(model, 0, args)
+    assert not model.backbone.training and model.classifier.training
+    assert len(frozen) == len(list(model.backbone.parameters()))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1, weight_decay=5e-4, amsgrad=True)
+    imgs, pids = torch.randn(4, 3, 64, 32), torch.tensor([0, 1, 2, 3])
+    engine.train_step(model, ReIDLoss(4, 0.1), optimizer, None, torch.amp.GradScaler('cpu', enabled=False), imgs,
+                      pids, None, frozen=frozen)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in after if k.startswith('backbone.'))
+    assert not torch.equal(before['classifier.weight'], after['classifier.weight'])
+    model.train()
+    assert engine.frozen_backbone(model, 1, args) == [] and model.backbone.training
