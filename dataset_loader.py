@@ -171,7 +171,7 @@ def build_train_loader(args, dataset, video, triplet, use_gpu):
     batches of a single process (P x K: whole identities per rank), augmented alike.
     """
     transform_train, _ = build_transforms(args.height, args.width, args.augment, args.random_erasing,
-                                          fill_mean=args.pixel_mean)
+                                          fill_mean=args.pixel_mean, resize=args.resize_mode)
     train_items = check_train_batch(args, dataset, video, triplet)
     if video and args.clip_train:
         train_set = VideoDataset(train_items, args.seq_len, 'random', transform_train, split='train')
@@ -203,7 +203,7 @@ def build_target(args, dataset, video, use_gpu):
     """Test loaders of a dataset. They draw from their own generator, so testing never moves the
     training RNG. Under DDP each rank tests on one contiguous range of the query and gallery
     sets (test gathers them back in order)."""
-    _, transform_test = build_transforms(args.height, args.width)
+    _, transform_test = build_transforms(args.height, args.width, resize=args.resize_mode)
     world_size, rank = distributed.get_world_size(), distributed.get_rank()
 
     def test_loader(split):

@@ -86,6 +86,7 @@ def sidecar(config, height, width, feat_dim):
     would build its own architecture of that name), and what the features are."""
     return {'schema_version': 1, 'model_name': None, 'model_kwargs_schema_version': 1,
             'model_kwargs': {'img_size': [height, width]}, 'img_size': [height, width], 'preprocess': 'resize',
+            'trained_resize': config['resize_mode'],
             'num_classes': config['num_classes'], 'feature_dim': feat_dim,
             'metric': config['dist_metric'], 'l2_normalized': config['dist_metric'] == 'cosine' and not config['video'],
             'input_mean': list(IMAGENET_MEAN), 'input_std': list(IMAGENET_STD)}

@@ -53,7 +53,7 @@ class FeatureExtractor:
 
     checkpoint: a path or a dict as checkpoints.load_checkpoint returns it. Everything that shapes the
     test feature comes from its recorded model config (models.checkpoint_config): arch, last
-    stride, neck and neck feature, flip test, input size, pixel mean and std, camera embedding, and
+    stride, neck and neck feature, flip test, input size and resize, pixel mean and std, camera embedding, and
     for video the temporal pooling and frame sampling (pretrained_checkpoint() makes such a dict
     for a model with pretrained weights only). With the cosine metric the features are L2-normalised (for video, after
     pooling), so squared Euclidean distances between them rank exactly as the evaluation ranks.
@@ -69,7 +69,8 @@ class FeatureExtractor:
         self.amp = amp and self.device.type == 'cuda'
         self.net, self.config = feature_net(checkpoint, self.device)
         self.video = self.config['video']
-        self.transform = build_transforms(self.config['height'], self.config['width'])[1]
+        self.transform = build_transforms(self.config['height'], self.config['width'],
+                                          resize=self.config['resize_mode'])[1]
         # The frame selection of testing: VideoDataset.frame_indices with the checkpoint's settings.
         self._sampler = VideoDataset([], self.config['seq_len'], self.config['test_sample'])
 

@@ -9,7 +9,7 @@ import models
 import rerank
 import weights
 from solver import OPTIMIZERS, SCHEDULERS
-from transforms import AUGMENTATIONS
+from transforms import AUGMENTATIONS, RESIZE_MODES
 
 __all__ = ['UsageError', 'get_args_parser', 'recipe_settings', 'print_recipe', 'flag_name', 'dataset_options',
            'resolve_model_config', 'model_config']
@@ -207,6 +207,10 @@ def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False
     data.add_argument('--augment', default='translate', choices=AUGMENTATIONS,
                       help='translate: Random2DTranslation + flip (classic); pad-crop: flip, pad 10 (at 256x128, '
                            'scaled with the size), random crop (BoT); flip: resize + flip (OSNet) (default: %(default)s)')
+    data.add_argument('--resize-mode', choices=RESIZE_MODES,
+                      help="pil: PIL's antialiased resize; tracker: bilinear without antialiasing, as trackers "
+                           "(OpenCV's INTER_LINEAR) resize their crops: the choice for a model that will run in a "
+                           "tracker (default: the checkpoint's, else pil)")
     data.add_argument('--random-erasing', type=float, default=0.0, metavar='P',
                       help='random erasing probability, 0 disables (default: %(default)s)')
 
@@ -376,7 +380,8 @@ def _flag_values(args):
             'neck_feat': args.neck_feat, 'dist_metric': args.dist_metric, 'global_pool': args.global_pool,
             'patch_stride': args.patch_stride, 'camera_weight': args.camera_embedding_weight,
             'pool': getattr(args, 'pool', None), 'flip_test': args.flip_test, 'height': args.height,
-            'width': args.width, 'pixel_mean': args.pixel_mean, 'pixel_std': args.pixel_std}
+            'width': args.width, 'resize_mode': args.resize_mode, 'pixel_mean': args.pixel_mean,
+            'pixel_std': args.pixel_std}
 
 
 def resolve_model_config(args, checkpoint=None):
@@ -417,7 +422,7 @@ def resolve_model_config(args, checkpoint=None):
     args.pixel_std = args.pixel_std or recorded.get('pixel_std')
     values.pop('pixel_mean'), values.pop('pixel_std')
     args.bnneck, args.dist_metric, args.flip_test = values['neck'] == 'bnneck', values['dist_metric'], values['flip_test']
-    args.height, args.width = values['height'], values['width']
+    args.height, args.width, args.resize_mode = values['height'], values['width'], values['resize_mode']
     if hasattr(args, 'pool'):
         args.pool = values['pool']
     return taken
@@ -430,6 +435,7 @@ def model_config(args, video):
             'patch_stride': args.patch_stride, 'num_cameras': args.num_cameras,
             'camera_weight': args.camera_embedding_weight, 'pixel_mean': list(args.pixel_mean),
             'pixel_std': list(args.pixel_std), 'pool': getattr(args, 'pool', 'avg'),
-            'flip_test': args.flip_test, 'height': args.height, 'width': args.width, 'video': video,
+            'flip_test': args.flip_test, 'height': args.height, 'width': args.width,
+            'resize_mode': args.resize_mode, 'video': video,
             'seq_len': getattr(args, 'seq_len', models.CONFIG_DEFAULTS['seq_len']),
             'test_sample': getattr(args, 'test_sample', models.CONFIG_DEFAULTS['test_sample'])}

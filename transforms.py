@@ -13,13 +13,16 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import Compose, Pad, RandomCrop, RandomErasing, RandomHorizontalFlip, Resize, ToImage
 from torchvision.transforms.v2 import functional as F
 
-__all__ = ['Compose', 'Pad', 'RandomCrop', 'RandomErasing', 'RandomHorizontalFlip', 'Resize', 'ToImage', 'Random2DTranslation', 'build_transforms', 'AUGMENTATIONS',
+__all__ = ['RESIZE_MODES', 'Compose', 'Pad', 'RandomCrop', 'RandomErasing', 'RandomHorizontalFlip', 'Resize', 'ToImage', 'Random2DTranslation', 'build_transforms', 'AUGMENTATIONS',
            'IMAGENET_MEAN', 'IMAGENET_STD', 'MEAN_PIXEL', 'normalize']
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 MEAN_PIXEL = tuple(round(255 * m) for m in IMAGENET_MEAN)  # (124, 116, 104): about 0 once normalised
 AUGMENTATIONS = ('translate', 'pad-crop', 'flip')
+# How crops are resized: PIL's antialiased bilinear (the classic pipeline), or bilinear without
+# antialiasing on the pixel grid, as trackers resize with OpenCV's INTER_LINEAR (BoxMOT does).
+RESIZE_MODES = ('pil', 'tracker')
 
 
 class Random2DTranslation(torch.nn.Module):
@@ -30,18 +33,19 @@ class Random2DTranslation(torch.nn.Module):
     torch's generator so DataLoader workers are seeded correctly.
     """
 
-    def __init__(self, height, width, p=0.5, interpolation=InterpolationMode.BILINEAR):
+    def __init__(self, height, width, p=0.5, interpolation=InterpolationMode.BILINEAR, antialias=True):
         super().__init__()
         self.height = height
         self.width = width
         self.p = p
         self.interpolation = interpolation
+        self.antialias = antialias
 
     def forward(self, img):
         if torch.rand(1).item() >= self.p:
-            return F.resize(img, [self.height, self.width], interpolation=self.interpolation)
+            return F.resize(img, [self.height, self.width], interpolation=self.interpolation, antialias=self.antialias)
         new_height, new_width = round(self.height * 1.125), round(self.width * 1.125)
-        img = F.resize(img, [new_height, new_width], interpolation=self.interpolation)
+        img = F.resize(img, [new_height, new_width], interpolation=self.interpolation, antialias=self.antialias)
         top = torch.randint(new_height - self.height + 1, (1,)).item()
         left = torch.randint(new_width - self.width + 1, (1,)).item()
         return F.crop(img, top, left, self.height, self.width)
@@ -50,7 +54,7 @@ class Random2DTranslation(torch.nn.Module):
         return f'height={self.height}, width={self.width}, p={self.p}'
 
 
-def build_transforms(height, width, augment='translate', random_erasing=0.0, fill_mean=None):
+def build_transforms(height, width, augment='translate', random_erasing=0.0, fill_mean=None, resize='pil'):
     """(train, test) pipelines: PIL image -> uint8 tensor of shape (3, height, width), which
     `normalize` turns into the network's input.
 
@@ -64,20 +68,30 @@ def build_transforms(height, width, augment='translate', random_erasing=0.0, fil
     published recipe fills the normalised image with 0, which is that pixel up to its rounding
     to uint8 (at most 0.009 in normalised units). fill_mean: the mean of another normalisation
     (the pretrained weights' pixel mean, in [0, 1]) whose mean pixel fills instead.
+    resize: 'pil', PIL's antialiased bilinear resize (the images go through PIL); or 'tracker',
+    bilinear without antialiasing on the uint8 pixel grid (half-pixel centres), which is how
+    trackers resize their crops (OpenCV's INTER_LINEAR, up to its fixed-point rounding): a model
+    that will run inside a tracker sees at training and test time what it will see there.
     """
     if augment not in AUGMENTATIONS:
         raise ValueError(f'unknown augmentation {augment!r}; choose from {AUGMENTATIONS}')
+    if resize not in RESIZE_MODES:
+        raise ValueError(f'unknown resize mode {resize!r}; choose from {RESIZE_MODES}')
+    antialias = resize == 'pil'
     if augment == 'translate':
-        geometry = [Random2DTranslation(height, width), RandomHorizontalFlip()]
+        geometry = [Random2DTranslation(height, width, antialias=antialias), RandomHorizontalFlip()]
     elif augment == 'flip':
-        geometry = [Resize((height, width)), RandomHorizontalFlip()]
+        geometry = [Resize((height, width), antialias=antialias), RandomHorizontalFlip()]
     else:
         padding = max(1, round(10 * min(height / 256, width / 128)))
-        geometry = [Resize((height, width)), RandomHorizontalFlip(), Pad(padding), RandomCrop((height, width))]
+        geometry = [Resize((height, width), antialias=antialias), RandomHorizontalFlip(), Pad(padding),
+                    RandomCrop((height, width))]
     fill = MEAN_PIXEL if fill_mean is None else tuple(round(255 * m) for m in fill_mean)
     erasing = [RandomErasing(p=random_erasing, scale=(0.02, 0.4), ratio=(0.3, 3.3), value=fill)]
-    train = Compose(geometry + [ToImage()] + (erasing if random_erasing > 0 else []))
-    test = Compose([Resize((height, width)), ToImage()])
+    # PIL always antialiases: the tracker mode works on the tensor from the start.
+    first, last = ([], [ToImage()]) if antialias else ([ToImage()], [])
+    train = Compose(first + geometry + last + (erasing if random_erasing > 0 else []))
+    test = Compose(first + [Resize((height, width), antialias=antialias)] + last)
     return train, test
 
 

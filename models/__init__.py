@@ -30,7 +30,7 @@ NAMES = [*_CLASSIC, 'resnet50_ibn_a', *OSNET_ARCHS, *VIT_ARCHS, *SWIN_ARCHS]
 CONFIG_DEFAULTS = {
     'arch': 'resnet50', 'last_stride': 2, 'neck': 'none', 'neck_feat': 'after', 'dist_metric': 'euclidean',
     'global_pool': 'avg', 'patch_stride': 16, 'num_cameras': 0, 'camera_weight': 3.0,
-    'pool': 'avg', 'flip_test': False, 'height': 256, 'width': 128,
+    'pool': 'avg', 'flip_test': False, 'height': 256, 'width': 128, 'resize_mode': 'pil',
     'video': False, 'seq_len': 15, 'test_sample': 'evenly',
     'pixel_mean': list(IMAGENET_MEAN), 'pixel_std': list(IMAGENET_STD),
 }

@@ -2,6 +2,7 @@ from collections import Counter
 from types import SimpleNamespace
 
 import pytest
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
@@ -187,7 +188,7 @@ def epoch_batches(market, monkeypatch, triplet, workers, world_size=1, rank=0, e
     monkeypatch.setattr(distributed, 'get_world_size', lambda: world_size)
     monkeypatch.setattr(distributed, 'get_rank', lambda: rank)
     args = SimpleNamespace(height=32, width=16, augment='pad-crop', random_erasing=0.5, clip_train=False,
-                           train_batch=8, num_instances=4, seed=7, workers=workers, pixel_mean=None)
+                           train_batch=8, num_instances=4, seed=7, workers=workers, pixel_mean=None, resize_mode='pil')
     loader = build_train_loader(args, market, video=False, triplet=triplet, use_gpu=False)
     batches = []
     for epoch in epochs:
@@ -226,3 +227,21 @@ def test_item_seed_fixes_the_augmentation(market, mars):
         assert torch.equal(torch.get_rng_state(), state)
         assert torch.equal(seeded[0], seeded[1])
         assert len({tuple(item.flatten().tolist()) for item in seeded[1:]}) == 4
+
+
+def test_tracker_resize_is_bilinear_without_antialiasing():
+    """--resize-mode tracker resizes as trackers do (OpenCV's INTER_LINEAR: half-pixel centres, no
+    antialiasing; checked against OpenCV itself, within one grey level, when this was written);
+    pil keeps PIL's antialiased resize."""
+    rng = np.random.default_rng(0)
+    crop = rng.integers(0, 256, (128, 64, 3), dtype=np.uint8)
+    tracker = build_transforms(64, 32, resize='tracker')[1](Image.fromarray(crop))
+    by_hand = torch.nn.functional.interpolate(torch.from_numpy(crop).permute(2, 0, 1)[None].float(), size=(64, 32),
+                                              mode='bilinear', align_corners=False, antialias=False)[0]
+    assert (tracker.float() - by_hand).abs().max() <= 1
+    pil = build_transforms(64, 32, resize='pil')[1](Image.fromarray(crop))
+    assert torch.equal(pil, torch.from_numpy(np.asarray(Image.fromarray(crop).resize((32, 64), Image.BILINEAR))).permute(2, 0, 1))
+    assert (pil.float() - by_hand).abs().max() > 20  # antialiasing averages the texture away
+    for augment in ('translate', 'pad-crop', 'flip'):
+        image = build_transforms(64, 32, augment, 0.5, resize='tracker')[0](Image.fromarray(crop))
+        assert image.dtype == torch.uint8 and image.shape == (3, 64, 32)
