@@ -240,7 +240,8 @@ def restore_training_state(checkpoint, model, criterion, optimizer, center_optim
 def save_training_state(model, criterion, optimizer, center_optimizer, scaler, epoch, best, args, video,
                         result=None):
     """Checkpoint after `epoch` (1-based) on rank 0, atomically: checkpoint_ep{epoch} at an
-    evaluation (result = (rank1, mAP, is_best), given on every rank; best_model too when
+    evaluation (result = (rank1, mAP, is_best, tracker thresholds or None), given on every rank;
+    the thresholds are kept as 'tracker_thresholds' {str(fpr): cosine distance}; best_model too when
     is_best), and checkpoint_last every --save-freq epochs and at the end. Every rank must call
     it (the RNG states of all ranks are gathered). Returns the path of the newest checkpoint
     written, or None."""
@@ -264,8 +265,10 @@ def save_training_state(model, criterion, optimizer, center_optimizer, scaler, e
         return None
     written = None
     if result is not None:
-        rank1, mAP, is_best = result
+        rank1, mAP, is_best, thresholds = result
         state.update(rank1=rank1, mAP=mAP)
+        if thresholds:
+            state['tracker_thresholds'] = {str(fpr): t for fpr, t in thresholds.items()}
         written = os.path.join(args.save_dir, f'checkpoint_ep{epoch}.pth.tar')
         save_checkpoint(state, written)
         if is_best:

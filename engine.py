@@ -240,11 +240,23 @@ def extract_split(model, loader, device, args, split, cameras=True):
     return tuple(distributed.gather_in_order(t.to(device)).to(t.device) for t in (features, pids, camids))
 
 
+def tracker_thresholds(result, qf, gf, q_pids, g_pids, q_camids, g_camids, args):
+    """{fpr: cosine distance} for trackers, which compare L2-normalised features by cosine
+    distance (1 - cos; BoxMOT and DeepSORT normalise whatever the model gives): the distance at
+    which a false positive rate fpr of the different-person pairs would be accepted as the same
+    person. The verification thresholds of a cosine evaluation are these; a Euclidean one is
+    verified again by cosine."""
+    if args.dist_metric != 'cosine':
+        result = evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric='cosine')
+    return {fpr: threshold for fpr, _, threshold in result.verification}
+
+
 def test(model, target, device, args, visrank_dir):
     """Extract features, rank the gallery for every query by --dist-metric, print mAP, CMC and
-    the verification figures (and, with --rerank, again after re-ranking); with --visrank, write
-    the ranked-list pictures to visrank_dir. Returns (rank1, mAP) without re-ranking.
-    Under DDP all ranks extract and rank 0 alone evaluates; the others return (None, None)."""
+    the verification figures (and, with --rerank, again after re-ranking), and the cosine
+    thresholds for trackers; with --visrank, write the ranked-list pictures to visrank_dir.
+    Returns (rank1, mAP, tracker thresholds) without re-ranking. Under DDP all ranks extract and
+    rank 0 alone evaluates; the others return (None, None, None)."""
     start = time.time()
     # A camera embedding knows the cameras of the one dataset it was trained on; on any other
     # target (or after training on several) the features are the camera-agnostic ones.
@@ -258,12 +270,16 @@ def test(model, target, device, args, visrank_dir):
     print(f'Extracted features for gallery set, obtained {gf.shape[0]}-by-{gf.shape[1]} matrix')
     print(f'==> Feature extraction: {time.time() - start:.1f} s')
     if distributed.get_rank() != 0:
-        return None, None
+        return None, None, None
     print(f'Computing distance matrix ({args.dist_metric})')
     print('Computing CMC and mAP')
     # Distances are computed and ranked block by block (eval_metrics).
     result = evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric=args.dist_metric)
     print_results(result)
+    thresholds = tracker_thresholds(result, qf, gf, q_pids, g_pids, q_camids, g_camids, args)
+    if thresholds:
+        print('Cosine-distance thresholds for trackers (same person if distance <= threshold): '
+              + ', '.join(f'FPR {fpr:.0e}: {t:.4f}' for fpr, t in thresholds.items()))
     if args.visrank:
         num = min(args.visrank_queries or len(qf), len(qf))
         dist = pairwise_distance(qf[:num], gf, args.dist_metric).cpu()
@@ -277,12 +293,12 @@ def test(model, target, device, args, visrank_dir):
         blocks = rerank.re_ranking_features(qf, gf, args.k1, args.k2, args.lambda_value, stream=True)
         print_results(evaluate_blocks(blocks, q_pids, g_pids, q_camids, g_camids, verbose=False),
                       title='Results with re-ranking')
-    return float(result.cmc[0]), float(result.mAP)
+    return float(result.cmc[0]), float(result.mAP), thresholds
 
 
 def test_targets(model, targets, device, args):
     """Test on each target in turn, one labelled result block each; return the first one's
-    (rank1, mAP), which picks the best model."""
+    (rank1, mAP, tracker thresholds), which picks the best model."""
     results = []
     for target in targets:
         name = target.dataset.name
@@ -456,16 +472,16 @@ def run(args, *, video, loss, build_criterion):
             scheduler.step()
             result = None
             if (args.eval_step > 0 and (epoch + 1) % args.eval_step == 0) or epoch + 1 == args.max_epoch:
-                rank1 = mAP = None
+                rank1 = mAP = thresholds = None
                 if targets:
                     print('==> Test')
-                    rank1, mAP = test_targets(model, targets, device, args)
+                    rank1, mAP, thresholds = test_targets(model, targets, device, args)
                     if args.rank == 0:
                         training_log.evaluation(epoch + 1, rank1, mAP)
                 is_best = rank1 is not None and rank1 > best_rank1
                 if is_best:
                     best_rank1, best_epoch = rank1, epoch + 1
-                result = (rank1, mAP, is_best)
+                result = (rank1, mAP, is_best, thresholds)
             written = checkpoints.save_training_state(model, criterion, optimizer, center_optimizer, scaler,
                                                       epoch + 1, (best_rank1, best_epoch), args, video, result)
             last_checkpoint = written or last_checkpoint

@@ -81,10 +81,12 @@ class ExportNet(nn.Module):
         return self.net(images, camids)
 
 
-def sidecar(config, height, width, feat_dim):
+def sidecar(config, height, width, feat_dim, thresholds=None):
     """BoxMOT's `<file>.metadata.json` (schema 1): the crop size and resize, no model name (BoxMOT
-    would build its own architecture of that name), and what the features are."""
-    return {'schema_version': 1, 'model_name': None, 'model_kwargs_schema_version': 1,
+    would build its own architecture of that name), what the features are, and the cosine-
+    distance thresholds of the checkpoint's last evaluation ({str(fpr): distance}), from which a
+    tracker's appearance threshold is set (see the README)."""
+    return {'appearance_thresholds': thresholds or {}, 'schema_version': 1, 'model_name': None, 'model_kwargs_schema_version': 1,
             'model_kwargs': {'img_size': [height, width]}, 'img_size': [height, width], 'preprocess': 'resize',
             'trained_resize': config['resize_mode'],
             'num_classes': config['num_classes'], 'feature_dim': feat_dim,
@@ -121,7 +123,8 @@ def export(checkpoint, output, batch='dynamic', height=None, width=None, input_n
     for key, value in metadata.items():
         onnx_model.metadata_props.add(key=key, value=value)
     onnx.save(onnx_model, output)
-    info = dict(sidecar(config, height, width, net.model.feat_dim), input_mean=list(input_mean),
+    info = dict(sidecar(config, height, width, net.model.feat_dim, checkpoint.get('tracker_thresholds')),
+                input_mean=list(input_mean),
                 input_std=list(input_std))
     checkpoints.write_atomic(output + '.metadata.json', lambda f: f.write(json.dumps(info, indent=2).encode()))
     return graph, config, example

@@ -191,3 +191,20 @@ def test_vit_train_flags_reach_the_model(synthetic_root, tmp_path):
     assert checkpoint['state_dict']['backbone.pos_embed'].shape == (1, 1 + 5 * 2, 384)
     assert re.search(r'^Epoch 1 done', result.stdout, re.M)
     assert len(checkpoint['optimizer']['param_groups']) == 2  # the bias group of --bias-lr-factor
+
+
+def test_tracker_thresholds_reach_the_checkpoint_and_the_sidecar(trained, tmp_path):
+    """A Euclidean checkpoint's evaluation also gives cosine-distance thresholds (what trackers
+    compare); the last ones travel in the checkpoint into BoxMOT's sidecar."""
+    stdout, save_dir = trained['resnet50_ibn_a']
+    assert 'Cosine-distance thresholds for trackers (same person if distance <= threshold): FPR 1e-04:' in stdout
+    checkpoint = torch.load(save_dir / 'checkpoint_last.pth.tar', weights_only=True)
+    thresholds = checkpoint['tracker_thresholds']
+    assert list(thresholds) == ['0.0001', '0.001', '0.01'] and checkpoint['model']['dist_metric'] == 'euclidean'
+    assert 0 <= thresholds['0.0001'] <= thresholds['0.001'] <= thresholds['0.01'] <= 2
+    printed = re.search(r'FPR 1e-02: ([\d.]+)', stdout.split('Cosine-distance thresholds')[-1])[1]
+    assert float(printed) == pytest.approx(thresholds['0.01'], abs=1e-4)
+    export_onnx.export(checkpoint, str(tmp_path / 'ibn.onnx'))
+    side = json.loads((tmp_path / 'ibn.onnx.metadata.json').read_text())
+    assert side['appearance_thresholds'] == thresholds and side['metric'] == 'euclidean'
+    assert side['trained_resize'] == 'pil' and side['model_name'] is None
