@@ -19,12 +19,18 @@ L2-normalise the result. The model config is stored in the ONNX metadata ('reid_
 The batch axis is dynamic unless --batch N; the opset is the one the installed torch exporter
 chooses.
 
+For OSNet checkpoints, `--boxmot-pt FILE` also writes BoxMOT's `.pt` route: the weights in
+torchreid's names (BoxMOT builds its own OSNet from the architecture name in the file name, e.g.
+osnet_x0_25_mydata.pt, and loads them strictly); that network's feature is the one before any
+BNNeck, so for a BNNeck checkpoint tested 'after' the neck the ONNX file is the faithful one.
+
 Beside the file, `<output>.metadata.json` is the sidecar BoxMOT reads (`img_size` [H, W], the
 crop `preprocess`, feature size and metric), with `model_name` null so that BoxMOT does not
 guess an architecture from the file name.
 """
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -33,6 +39,7 @@ import torch
 from torch import nn
 
 import checkpoints
+import models
 from feature_extractor import feature_net
 from transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -47,6 +54,9 @@ def get_args_parser():
                         help='dynamic batch axis, or a fixed batch size N (default: %(default)s)')
     parser.add_argument('--height', type=int, help="input height (default: the checkpoint's)")
     parser.add_argument('--width', type=int, help="input width (default: the checkpoint's)")
+    parser.add_argument('--boxmot-pt', metavar='FILE',
+                        help="OSNet checkpoints: also write the weights in torchreid's names as BoxMOT's .pt route "
+                             'loads them (the file name must contain the architecture, e.g. osnet_x0_25_market.pt)')
     parser.add_argument('--input-norm', choices=INPUT_NORMS, default='imagenet',
                         help="normalisation of the input: ImageNet's (trackers' convention; the model's own is "
                              "converted to inside the graph) or the model's own (default: %(default)s)")
@@ -130,6 +140,25 @@ def export(checkpoint, output, batch='dynamic', height=None, width=None, input_n
     return graph, config, example
 
 
+def write_boxmot_pt(checkpoint, path):
+    """The weights of an OSNet checkpoint as torchreid (and so BoxMOT's `.pt` route) names them:
+    the backbone without its `backbone.` prefix, and the classifier when it is torchreid's (a
+    Linear with bias, no BNNeck). Raises ValueError for other models or a file name BoxMOT would
+    not map to the architecture."""
+    config = models.checkpoint_config(checkpoint)
+    arch = config['arch']
+    if arch not in models.OSNET_ARCHS:
+        raise ValueError(f'--boxmot-pt: BoxMOT builds its own networks for .pt files; this is a {arch} checkpoint, '
+                         f'not OSNet: use the ONNX file')
+    if not path.endswith('.pt') or arch not in os.path.basename(path).lower():
+        raise ValueError(f'--boxmot-pt {path}: BoxMOT reads the architecture from the file name: name it '
+                         f'{arch}_<dataset>.pt')
+    state = {k.removeprefix('backbone.'): v for k, v in checkpoint['state_dict'].items()
+             if k.startswith('backbone.') or (config['neck'] == 'none' and k.startswith('classifier.'))}
+    checkpoints.save_checkpoint(state, path)
+    return config
+
+
 def main():
     args = get_args_parser().parse_args()
     try:
@@ -141,6 +170,10 @@ def main():
             if value is not None and value < 1:
                 raise ValueError(f'{flag} {value}: give a positive number of pixels')
         checkpoint = checkpoints.load_checkpoint(args.resume)
+        if args.boxmot_pt:
+            config = write_boxmot_pt(checkpoint, args.boxmot_pt)
+            print(f"Wrote {args.boxmot_pt}: the {config['arch']} weights in torchreid's names, for BoxMOT's .pt route"
+                  + (' (its feature is the one before the BNNeck)' if config['neck'] != 'none' else ''))
     except (ValueError, checkpoints.CheckpointError) as error:
         print(f'error: {error}', file=sys.stderr)
         sys.exit(1)

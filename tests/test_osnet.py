@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import checkpoints
+import export_onnx
 from feature_extractor import FeatureExtractor
 from models import CONFIG_DEFAULTS, PretrainedWeightsError, from_checkpoint, init_model
 from models.osnet import AIN_BLOCK_INSTANCE_NORM, FEATURE_DIM, OSNET_ARCHS, OSNET_WIDTHS, OSNet, OSNetAIN
@@ -450,3 +451,40 @@ def test_torchreid_imagenet_file_as_pretrained_weights(tmp_path):
         init_model('osnet_x0_5', 10, pretrained_path=str(path))
     with pytest.raises(PretrainedWeightsError, match='no weights are downloaded'):
         init_model('osnet_x0_25', 10)
+
+
+def test_boxmot_pt_route_is_torchreids_layout(tmp_path):
+    """export_onnx --boxmot-pt: torchreid's names (what BoxMOT's OSNet loads strictly), read back here
+    as a torchreid zoo file with the same features."""
+    torch.manual_seed(1)
+    model = init_model('osnet_x0_25', 9, pretrained=False)
+    checkpoint = {'state_dict': model.state_dict(), 'model': dict(CONFIG_DEFAULTS, arch='osnet_x0_25')}
+    path = str(tmp_path / 'osnet_x0_25_mydata.pt')
+    export_onnx.write_boxmot_pt(checkpoint, path)
+    written = torch.load(path, weights_only=True)
+    assert set(written) == {k.removeprefix('backbone.') for k in model.state_dict()}
+    model.backbone.load_state_dict({k: v for k, v in written.items() if not k.startswith('classifier.')}, strict=True)
+    images = [np.random.default_rng(i).integers(0, 256, (128, 64, 3), dtype=np.uint8) for i in range(2)]
+    np.testing.assert_allclose(FeatureExtractor(path)(images), FeatureExtractor(checkpoint)(images), atol=1e-6)
+    with pytest.raises(ValueError, match='name it osnet_x0_25_<dataset>.pt'):
+        export_onnx.write_boxmot_pt(checkpoint, str(tmp_path / 'reid.pt'))
+    resnet = {'state_dict': {}, 'model': dict(CONFIG_DEFAULTS, arch='resnet50')}
+    with pytest.raises(ValueError, match='not OSNet'):
+        export_onnx.write_boxmot_pt(resnet, str(tmp_path / 'resnet50_x.pt'))
+
+
+@pytest.mark.parametrize('arch', ['osnet_x0_25', 'osnet_ain_x0_25'])
+def test_onnx_export_matches_pytorch(tmp_path, arch):
+    import onnxruntime
+    torch.manual_seed(2)
+    model = init_model(arch, 9, pretrained=False)
+    checkpoint = {'state_dict': model.state_dict(), 'model': dict(CONFIG_DEFAULTS, arch=arch, height=128, width=64)}
+    path = str(tmp_path / f'{arch}.onnx')
+    graph, _, _ = export_onnx.export(checkpoint, path)
+    assert graph.renormalize is None  # ImageNet weights: the graph takes the trackers' input as it is
+    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+    for batch in (1, 5):
+        images = torch.randn(batch, 3, 128, 64)
+        with torch.no_grad():
+            expected = graph(images).numpy()
+        assert np.abs(session.run(None, {'images': images.numpy()})[0] - expected).max() <= 1e-5
