@@ -247,7 +247,7 @@ def tracker_thresholds(result, qf, gf, q_pids, g_pids, q_camids, g_camids, args)
     person. The verification thresholds of a cosine evaluation are these; a Euclidean one is
     verified again by cosine."""
     if args.dist_metric != 'cosine':
-        result = evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric='cosine')
+        result = evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric='cosine', verbose=False)
     return {fpr: threshold for fpr, _, threshold in result.verification}
 
 
