@@ -1,6 +1,7 @@
 """Checkpoint files and training runs: atomic writing, safe loading (weights_only), loading
 weights into a model; what a checkpoint holds, --resume auto, and the restore of weights,
-optimizers, loss state and random streams for an exact resume.
+optimizers, loss state and random streams for an exact resume (of a distilled run too: the
+teacher's SHA-256 is recorded and checked).
 
 Files in --save-dir: checkpoint_ep{N}.pth.tar at each evaluation, best_model.pth.tar when
 Rank-1 improves, and checkpoint_last.pth.tar every --save-freq epochs, each written
@@ -24,7 +25,7 @@ import weights
 
 __all__ = ['CheckpointError', 'write_atomic', 'save_checkpoint', 'copy_file_atomic', 'load_checkpoint',
            'load_model_weights', 'find_last_checkpoint', 'resolve_resume', 'restore_training_state',
-           'save_training_state']
+           'check_teacher', 'distillation_record', 'save_training_state']
 
 
 class CheckpointError(RuntimeError):
@@ -199,9 +200,14 @@ def resolve_resume(args):
     return checkpoint
 
 
-def restore_training_state(checkpoint, model, criterion, optimizer, center_optimizer, scaler, args):
+def restore_training_state(checkpoint, model, criterion, optimizer, center_optimizer, scaler, args,
+                           distillation=None):
     """Load the weights (and, to continue training, the optimizer, RNG and loss states) of a
-    checkpoint; returns (start_epoch, best_rank1, best_epoch)."""
+    checkpoint; returns (start_epoch, best_rank1, best_epoch).
+
+    A distilled run continues with the same teacher file only (distillation: the run's
+    losses.DistillationLoss, or None without --teacher), checked by its SHA-256: another teacher,
+    or none, would not continue the run that was interrupted."""
     start_epoch, best_rank1, best_epoch = args.start_epoch, -float('inf'), 0
     skipped = load_model_weights(model, checkpoint['state_dict'])
     print(f'Loaded checkpoint {args.resume}' + (f' (epoch {checkpoint["epoch"]})' if 'epoch' in checkpoint else ''))
@@ -214,6 +220,7 @@ def restore_training_state(checkpoint, model, criterion, optimizer, center_optim
         print('Note: the checkpoint holds weights only (no optimizer state for this data); '
               f'training starts from them at epoch {start_epoch + 1} with a fresh optimizer')
         return start_epoch, best_rank1, best_epoch
+    check_teacher(checkpoint, distillation, args)
     optimizer.load_state_dict(checkpoint['optimizer'])
     if center_optimizer is not None:
         if 'center_optimizer' not in checkpoint:
@@ -237,14 +244,42 @@ def restore_training_state(checkpoint, model, criterion, optimizer, center_optim
     return checkpoint['epoch'], checkpoint['best_rank1'], checkpoint['best_epoch']
 
 
+def check_teacher(checkpoint, distillation, args):
+    """Raise CheckpointError unless a resumed run has the teacher its checkpoint was distilled
+    from (the same file contents), or no teacher when it had none. Adding a teacher to a run
+    trained without one is allowed, and said."""
+    recorded = checkpoint.get('distillation')
+    if recorded is None:
+        if distillation is not None:
+            print(f'Note: {args.resume} was trained without a teacher; distillation starts at epoch '
+                  f'{checkpoint["epoch"] + 1}')
+        return
+    if distillation is None:
+        raise CheckpointError(f'{args.resume} was distilled from the teacher {recorded["teacher"]}: resume it '
+                              f'with --teacher {recorded["teacher"]} (and the flags of that run)')
+    if distillation.teacher.sha256 != recorded['teacher_sha256']:
+        raise CheckpointError(f'--teacher {args.teacher} (sha256 {distillation.teacher.sha256}) is not the teacher '
+                              f'{args.resume} was distilled from: {recorded["teacher"]} (sha256 '
+                              f'{recorded["teacher_sha256"]}); resume with that file')
+
+
+def distillation_record(distillation):
+    """What a distilled checkpoint records of its teacher and of the distillation objective. It
+    is kept out of the model config ('model'): the teacher does not shape the student's model."""
+    return {'teacher': distillation.teacher.path, 'teacher_sha256': distillation.teacher.sha256,
+            'kd_logit': distillation.logit_weight, 'kd_temp': distillation.temperature,
+            'kd_relation': distillation.relation_weight}
+
+
 def save_training_state(model, criterion, optimizer, center_optimizer, scaler, epoch, best, args, video,
-                        result=None):
+                        result=None, distillation=None):
     """Checkpoint after `epoch` (1-based) on rank 0, atomically: checkpoint_ep{epoch} at an
     evaluation (result = (rank1, mAP, is_best, tracker thresholds or None), given on every rank;
     the thresholds are kept as 'tracker_thresholds' {str(fpr): cosine distance}; best_model too when
     is_best), and checkpoint_last every --save-freq epochs and at the end. Every rank must call
-    it (the RNG states of all ranks are gathered). Returns the path of the newest checkpoint
-    written, or None."""
+    it (the RNG states of all ranks are gathered). distillation: the losses.DistillationLoss of
+    a --teacher run, recorded under 'distillation' (distillation_record). Returns the path of
+    the newest checkpoint written, or None."""
     save_last = epoch % args.save_freq == 0 or epoch == args.max_epoch
     if result is None and not save_last:
         return None
@@ -261,6 +296,8 @@ def save_training_state(model, criterion, optimizer, center_optimizer, scaler, e
         state.update(criterion=criterion.state_dict(), center_optimizer=center_optimizer.state_dict())
     if scaler.is_enabled():
         state['scaler'] = scaler.state_dict()
+    if distillation is not None:
+        state['distillation'] = distillation_record(distillation)
     if args.rank != 0:
         return None
     written = None

@@ -26,6 +26,7 @@ import visualize
 from dataset_loader import ImageReadError, build_loaders, check_train_batch, load_datasets
 from eval_metrics import (NoValidQueryError, evaluate_blocks, evaluate_features, format_verification,
                           pairwise_distance)
+from losses import DistillationLoss
 from options import UsageError
 from transforms import normalize
 
@@ -77,10 +78,12 @@ def autocast_dtype(args, device):
 
 
 def train_step(model, criterion, optimizer, center_optimizer, scaler, imgs, pids, amp_dtype, camids=None,
-               frozen=()):
+               frozen=(), distillation=None):
     """One optimizer step on a batch; returns the loss (a 0-d tensor on the device, not synced).
     camids (B,) reach models with a camera embedding (the others ignore them); the `frozen`
     parameters (frozen_backbone) lose their gradient before the step, so it leaves them alone.
+    With distillation (--teacher: a losses.DistillationLoss), the frozen teacher reads the same
+    batch and the distillation terms are added to the loss.
 
     The GradScaler (enabled for float16 only) skips the step when the scaled gradients
     overflow, which is normal in float16 and is not an error; a non-finite loss is (the losses
@@ -89,7 +92,10 @@ def train_step(model, criterion, optimizer, center_optimizer, scaler, imgs, pids
     the term for the network only (as the BoT reference does).
     """
     with torch.autocast(imgs.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        loss = criterion(model(imgs, camids), pids)
+        outputs = model(imgs, camids)
+        loss = criterion(outputs, pids)
+        if distillation is not None:
+            loss = loss + distillation(outputs, imgs, camids)
     optimizer.zero_grad(set_to_none=True)
     if center_optimizer is not None:
         center_optimizer.zero_grad(set_to_none=True)
@@ -119,9 +125,10 @@ def frozen_backbone(model, epoch, args):
     return list(trunk.parameters())
 
 
-def train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, scaler, trainloader, device, args):
+def train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, scaler, trainloader, device, args,
+                    distillation=None):
     """One pass over the training data; prints the classic 'Batch i/n  Loss val (avg)' lines
-    (the loss of the global batch under DDP).
+    (the loss of the global batch under DDP). distillation: see train_step.
 
     The loss stays on the device and the host reads it once per printed line (every
     --print-freq batches and at the end), so the GPU is never waited for in between. The
@@ -142,12 +149,13 @@ def train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, scaler
     progress = utils.Progress(len(trainloader) * trainloader.batch_size * world_size)
     for batch_idx, (imgs, pids, camids) in enumerate(trainloader):
         imgs, pids = imgs.to(device, non_blocking=True), pids.to(device, non_blocking=True)
-        camids = camids.to(device, non_blocking=True) if args.num_cameras else None
+        # A teacher may have a camera embedding of its own (it decides whether to read them).
+        camids = camids.to(device, non_blocking=True) if args.num_cameras or distillation is not None else None
         if imgs.dim() == 4:
             imgs = imgs.contiguous(memory_format=channels_last)
         imgs = normalize(imgs, args.pixel_mean, args.pixel_std)
         loss = train_step(model, criterion, optimizer, center_optimizer, scaler, imgs, pids, amp_dtype, camids,
-                          frozen)
+                          frozen, distillation)
         loss_sum += loss
         first_bad = torch.where(torch.isfinite(loss) | (first_bad < batch_idx), first_bad, batch_idx)
         progress.update(pids.size(0) * world_size)
@@ -393,6 +401,26 @@ def build_model(args, num_classes, loss):
     return model
 
 
+def build_distillation(args, num_classes, device):
+    """The --teacher objective: losses.DistillationLoss around the frozen teacher of the
+    checkpoint args.teacher (models.load_teacher) on `device`, which re-normalises and resizes
+    the student's batch for itself. Says what it is; raises UsageError when --kd-logit needs
+    class probabilities over the student's num_classes identities and the teacher's classifier
+    has another number."""
+    try:
+        teacher = models.load_teacher(args.teacher, args.pixel_mean, args.pixel_std, args.dataset, device)
+    except checkpoints.CheckpointError as error:
+        raise UsageError(f'--teacher: {error}') from error
+    print(teacher.describe(args.height, args.width))
+    if args.kd_logit > 0 and teacher.num_classes != num_classes:
+        raise UsageError(f'--kd-logit needs a teacher trained on the same identities: the teacher {args.teacher} '
+                         f'classifies {teacher.num_classes} identities, the training data has {num_classes}. '
+                         f'Distil its feature similarities only with --kd-logit 0')
+    print(f'Distillation: --kd-logit {args.kd_logit} (T^2 KL at --kd-temp {args.kd_temp}), --kd-relation '
+          f'{args.kd_relation} (batch cosine similarities)')
+    return DistillationLoss(teacher, args.kd_logit, args.kd_temp, args.kd_relation)
+
+
 def run(args, *, video, loss, build_criterion):
     start_time = time.time()
     print(f'==========\nArgs:{args}\n==========')
@@ -424,10 +452,15 @@ def run(args, *, video, loss, build_criterion):
     if args.lr is None and checkpoint is not None and checkpoint.get('args', {}).get('lr'):
         args.lr = checkpoint['args']['lr']  # --recipe vit's choice, made when the run started
     print(f'Initializing model: {args.arch}')
-    model = build_model(args, dataset.num_train_pids, loss | {'cent'} if args.center_loss > 0 else loss)
+    # The center loss and distillation read the features too: the model then returns (logits, features).
+    outputs = loss | ({'cent'} if args.center_loss > 0 else set()) | ({'kd'} if args.teacher else set())
+    model = build_model(args, dataset.num_train_pids, outputs)
     print(f'Model size: {sum(p.numel() for p in model.parameters()) / 1e6:.5f}M')
     trainloader, targets = build_loaders(args, dataset, test_sets, video, 'htri' in loss, use_gpu)
     criterion = build_criterion(args, dataset.num_train_pids, model.feat_dim).to(device)
+    distillation = None
+    if args.teacher and not args.evaluate:
+        distillation = build_distillation(args, dataset.num_train_pids, device)
     optimizer = solver.build_optimizer(solver.param_groups(model, args.bias_lr_factor), args.optim, args.lr,
                                        args.weight_decay, args.momentum)
     center_optimizer = None
@@ -444,7 +477,7 @@ def run(args, *, video, loss, build_criterion):
     start_epoch, best_rank1, best_epoch = args.start_epoch, -float('inf'), 0
     if checkpoint is not None:
         start_epoch, best_rank1, best_epoch = checkpoints.restore_training_state(
-            checkpoint, model, criterion, optimizer, center_optimizer, scaler, args)
+            checkpoint, model, criterion, optimizer, center_optimizer, scaler, args, distillation)
     scheduler = solver.build_scheduler(optimizer, args, start_epoch)
 
     model = model.to(device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
@@ -466,7 +499,7 @@ def run(args, *, video, loss, build_criterion):
             lr = scheduler.get_last_lr()[0]
             print(f'==> Epoch {epoch + 1}/{args.max_epoch}  (lr {lr:.2e})')
             loss, rate = train_one_epoch(epoch, train_model, criterion, optimizer, center_optimizer, scaler,
-                                         trainloader, device, args)
+                                         trainloader, device, args, distillation)
             if args.rank == 0:
                 training_log.epoch(epoch + 1, loss, lr, images_per_s=rate)
             scheduler.step()
@@ -483,7 +516,8 @@ def run(args, *, video, loss, build_criterion):
                     best_rank1, best_epoch = rank1, epoch + 1
                 result = (rank1, mAP, is_best, thresholds)
             written = checkpoints.save_training_state(model, criterion, optimizer, center_optimizer, scaler,
-                                                      epoch + 1, (best_rank1, best_epoch), args, video, result)
+                                                      epoch + 1, (best_rank1, best_epoch), args, video, result,
+                                                      distillation)
             last_checkpoint = written or last_checkpoint
     except KeyboardInterrupt:
         print(f'\nInterrupted. Last checkpoint: {last_checkpoint or "none written yet"}')

@@ -1,11 +1,13 @@
-"""Re-ID objectives: label-smoothed cross entropy, batch-hard triplet loss and center loss."""
+"""Re-ID objectives: label-smoothed cross entropy, batch-hard triplet loss and center loss; knowledge
+distillation from a frozen teacher."""
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import distributed
 
-__all__ = ['CrossEntropyLabelSmooth', 'TripletLoss', 'CenterLoss', 'ReIDLoss', 'pairwise_euclidean']
+__all__ = ['CrossEntropyLabelSmooth', 'TripletLoss', 'CenterLoss', 'ReIDLoss', 'pairwise_euclidean',
+           'logit_distillation', 'relation_distillation', 'DistillationLoss']
 
 
 class CrossEntropyLabelSmooth(nn.Module):
@@ -97,7 +99,8 @@ class ReIDLoss(nn.Module):
     on the features, the batch-hard triplet loss (margin given) and the center loss weighted by
     center_weight (> 0); htri_only keeps the triplet term alone.
 
-    inputs: the model's training output, logits (B, num_classes) or (logits, features (B, D));
+    inputs: the model's training output, logits (B, num_classes) or (logits, features (B, D)) (a
+    model distilled from a teacher returns the features even when no term here reads them);
     targets: (B,). The losses run in float32 whatever autocast chose for the network: squared
     distances of float16 features overflow.
 
@@ -124,11 +127,11 @@ class ReIDLoss(nn.Module):
         return self.htri is not None or self.center is not None
 
     def forward(self, inputs, targets):
-        logits, features = inputs if self.needs_features else (inputs, None)
+        logits, features = inputs if isinstance(inputs, tuple) else (inputs, None)
         with torch.autocast(logits.device.type, enabled=False):
             # At least float32 (float64 stays float64).
             logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-            features = features.to(logits.dtype) if features is not None else None
+            features = features.to(logits.dtype) if self.needs_features else None
             loss = logits.new_zeros(()) if self.htri_only else self.xent(logits, targets)
             if self.needs_features and distributed.is_distributed() and torch.is_grad_enabled():
                 features, targets = distributed.all_gather_grad(features), distributed.all_gather_grad(targets)
@@ -136,4 +139,64 @@ class ReIDLoss(nn.Module):
                 loss = loss + self.htri(features, targets)
             if self.center is not None:
                 loss = loss + self.center_weight * self.center(features, targets)
+        return loss
+
+
+def logit_distillation(student_logits, teacher_logits, temperature):
+    """Hinton et al.'s distillation term (arXiv:1503.02531): T^2 KL(softmax(z_t / T) || softmax(z_s / T)),
+    summed over classes and averaged over the batch. The T^2 keeps its gradient on the scale of
+    the cross entropy's whatever T. (B, C) logits each, the same C -> 0-d tensor."""
+    return temperature ** 2 * F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
+                                       F.log_softmax(teacher_logits / temperature, dim=1),
+                                       reduction='batchmean', log_target=True)
+
+
+def relation_distillation(student_features, teacher_features):
+    """The mean squared difference of the batch's cosine-similarity matrices, ||C_s - C_t||_F^2 / B^2,
+    C = F F^T of the L2-normalised features, a relational term in the spirit of Park et al. (CVPR
+    2019) and Tung & Mori (ICCV 2019): the student learns how alike the teacher finds each pair of
+    the batch, which needs no common feature size. (B, D_s) and (B, D_t) -> 0-d tensor; 0 when the
+    two sets of features have the same cosines (equal up to scale, or up to a rotation)."""
+    student, teacher = F.normalize(student_features, dim=1), F.normalize(teacher_features, dim=1)
+    return (student @ student.t() - teacher @ teacher.t()).pow(2).mean()
+
+
+class DistillationLoss(nn.Module):
+    """Knowledge distillation from a frozen teacher (--teacher), added to the student's re-ID loss:
+    logit_weight x logit_distillation at `temperature`, plus relation_weight x relation_distillation
+    (a weight of 0 leaves its term out).
+
+    teacher: a models.FrozenTeacher, which reads the student's batch (imgs, camids) in its own
+    preprocessing and returns (logits (B, C), test feature (B, D_t)) without gradients; the
+    student's outputs are its training output (logits (B, C), f (B, D_s)), f being the feature
+    the metric losses see (before the BNNeck). The losses run in float32, as ReIDLoss's do.
+
+    Under DistributedDataParallel the relation term compares the global batch (student and
+    teacher features of every rank gathered, as ReIDLoss gathers them for the triplet loss), so
+    a step on N processes is the single-process step; the logit term is per sample and stays
+    local (the mean of the ranks' means is the global mean).
+    """
+
+    def __init__(self, teacher, logit_weight=1.0, temperature=4.0, relation_weight=30.0):
+        super().__init__()
+        self.teacher = teacher
+        self.logit_weight, self.temperature, self.relation_weight = logit_weight, temperature, relation_weight
+
+    def forward(self, student_outputs, imgs, camids=None):
+        """student_outputs: (logits, f) of the student on imgs (B, 3, H, W) or clips (B, S, 3, H, W),
+        normalised as the student's input; camids (B,) or None -> 0-d loss."""
+        logits, features = student_outputs
+        teacher_logits, teacher_features = self.teacher(imgs, camids)
+        with torch.autocast(logits.device.type, enabled=False):
+            dtype = torch.promote_types(logits.dtype, torch.float32)
+            loss = logits.new_zeros((), dtype=dtype)
+            if self.logit_weight > 0:
+                loss = loss + self.logit_weight * logit_distillation(logits.to(dtype), teacher_logits.to(dtype),
+                                                                     self.temperature)
+            if self.relation_weight > 0:
+                features, teacher_features = features.to(dtype), teacher_features.to(dtype)
+                if distributed.is_distributed() and torch.is_grad_enabled():
+                    features = distributed.all_gather_grad(features)
+                    teacher_features = distributed.all_gather_grad(teacher_features)
+                loss = loss + self.relation_weight * relation_distillation(features, teacher_features)
         return loss

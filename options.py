@@ -148,6 +148,13 @@ class ReIDArgumentParser(argparse.ArgumentParser):
             values = getattr(args, flag)
             if values is not None and (flag == 'pixel_std' and min(values) <= 0 or max(values) > 1.0001):
                 self.error(f'{flag_name(flag)} takes three values in [0, 1] (std > 0), for R, G and B; got {values}')
+        if args.teacher and not os.path.isfile(args.teacher):
+            self.error(f'--teacher {args.teacher}: no such file')
+        if args.kd_logit < 0 or args.kd_relation < 0 or args.kd_temp <= 0:
+            self.error(f'--kd-logit and --kd-relation must be >= 0 and --kd-temp > 0; got {args.kd_logit}, '
+                       f'{args.kd_relation} and {args.kd_temp}')
+        if args.teacher and args.kd_logit == args.kd_relation == 0:
+            self.error('--teacher with --kd-logit 0 and --kd-relation 0 distils nothing: give one a weight')
         if args.lr is not None and args.lr <= 0:
             self.error(f'--lr must be positive, got {args.lr}')
         if args.fixbase_epochs < 0:
@@ -255,6 +262,20 @@ def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False
         loss.add_argument('--soft-margin', action=argparse.BooleanOptionalAction, default=False,
                           help='soft-margin triplet loss, log(1 + exp(d_ap - d_an)), instead of --margin '
                                '(TransReID) (default: off)')
+
+    kd = parser.add_argument_group('knowledge distillation from a frozen teacher (README: Distillation)')
+    kd.add_argument('--teacher', metavar='CKPT',
+                    help='a checkpoint of this repo (any architecture and feature size) as a frozen teacher, run on '
+                         'each training batch; its path and SHA-256 are recorded in the checkpoints, and resuming '
+                         'a distilled run needs the same --teacher again')
+    kd.add_argument('--kd-logit', type=float, default=1.0, metavar='W',
+                    help='with --teacher: weight of T^2 KL(teacher || student) of the softened class probabilities; '
+                         'the teacher must know the training identities; 0 disables (default: %(default)s)')
+    kd.add_argument('--kd-temp', type=float, default=4.0, metavar='T',
+                    help='temperature T of --kd-logit (default: %(default)s)')
+    kd.add_argument('--kd-relation', type=float, default=30.0, metavar='W',
+                    help='with --teacher: weight of the mean squared difference between the student\'s and the '
+                         'teacher\'s batch cosine-similarity matrices; 0 disables (default: %(default)s)')
 
     arch = parser.add_argument_group('model (recorded in checkpoints; default: the checkpoint\'s, else the classic model)')
     arch.add_argument('-a', '--arch', type=arch_name, metavar='ARCH',

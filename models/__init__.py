@@ -1,5 +1,6 @@
-"""Re-ID models: init_model(name, num_classes, ...), get_names(), and the model config that a
-checkpoint records so that it alone rebuilds the model and its test feature."""
+"""Re-ID models: init_model(name, num_classes, ...), get_names(), the model config that a
+checkpoint records so that it alone rebuilds the model and its test feature, and a checkpoint's
+model as a frozen distillation teacher (load_teacher)."""
 import weights
 from transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -9,12 +10,14 @@ from .osnet import OSNET_ARCHS
 from .resnet import ResNet50, ResNet50M
 from .resnet_ibn import ResNet50IBNa
 from .swin import SWIN_ARCHS, SwinTransformer
+from .teacher import FrozenTeacher, load_teacher
 from .timm_net import TimmNet, is_timm_arch, timm_model_name
 from .vit import VIT_ARCHS, VisionTransformer
 
 __all__ = ['init_model', 'get_names', 'check_arch', 'is_transformer', 'ReIDModel', 'TestFeatureNet',
            'PretrainedWeightsError', 'temporal_pool', 'CONFIG_DEFAULTS', 'SHAPING_OPTIONS', 'GLOBAL_POOLS',
-           'VIT_ARCHS', 'SWIN_ARCHS', 'OSNET_ARCHS', 'checkpoint_config', 'from_checkpoint']
+           'VIT_ARCHS', 'SWIN_ARCHS', 'OSNET_ARCHS', 'checkpoint_config', 'from_checkpoint', 'FrozenTeacher',
+           'load_teacher']
 
 _CLASSIC = {
     'resnet50': ResNet50,
@@ -59,7 +62,7 @@ def init_model(name, num_classes, loss=('xent',), pretrained=True, pretrained_pa
                patch_stride=16, num_cameras=0, camera_weight=3.0, drop_path=0.0, pretrained_grid=None):
     """Build a model by name (get_names(), or timm:<model>) and load its pretrained weights.
 
-    loss: {'xent'} (train mode returns logits), or with 'htri' and/or 'cent' (returns (logits,
+    loss: {'xent'} (train mode returns logits), or with 'htri', 'cent' and/or 'kd' (returns (logits,
     feature)). pretrained_path: a local weights file, converted and loaded strictly by
     weights.load_pretrained (the report is `model.pretrained_report`, its pixel mean/std the
     preprocessing to use); pretrained without a path: torchvision's ImageNet weights for the

@@ -82,14 +82,16 @@ class ReIDModel(nn.Module):
     the test feature: 'after' the BatchNorm or 'before' it. Without a neck both are f.
       eval mode:                    the test feature, (B, feat_dim)
       train mode, loss {'xent'}:    logits, (B, num_classes)
-      train mode, any other loss:   (logits, f), for the metric losses ('htri', 'cent')
+      train mode, any other loss:   (logits, f), for the metric losses ('htri', 'cent') and
+                                    distillation ('kd': losses.DistillationLoss)
+    logits_and_test_feature gives a model's logits in eval mode too: a frozen teacher's targets.
     """
 
     def __init__(self, loss, pool='avg', neck='none', neck_feat='after'):
         super().__init__()
         loss = set(loss)
-        if 'xent' not in loss or not loss <= {'xent', 'htri', 'cent'}:
-            raise ValueError(f"unsupported loss {sorted(loss)}; use 'xent' with optional 'htri' and 'cent'")
+        if 'xent' not in loss or not loss <= {'xent', 'htri', 'cent', 'kd'}:
+            raise ValueError(f"unsupported loss {sorted(loss)}; use 'xent' with optional 'htri', 'cent' and 'kd'")
         if neck not in NECKS:
             raise ValueError(f'unknown neck {neck!r}; choose from {NECKS}')
         if neck_feat not in NECK_FEATS:
@@ -120,13 +122,7 @@ class ReIDModel(nn.Module):
     def forward(self, x, camids=None):
         """x: images (B, C, H, W) or clips (B, S, C, H, W); camids: (B,) camera ids, or None when
         unknown (only models with num_cameras > 0 use them)."""
-        if x.dim() == 5:
-            batch, seq_len = x.shape[:2]
-            frame_camids = None if camids is None else camids.repeat_interleave(seq_len)
-            f = self._features(x.flatten(0, 1), frame_camids).view(batch, seq_len, -1)
-            f = temporal_pool(f, self.pool)
-        else:
-            f = self._features(x, camids)
+        f = self.pooled_features(x, camids)
         f_neck = self.bottleneck(f) if self.neck == 'bnneck' else f
         if not self.training:
             return f_neck if self.neck_feat == 'after' else f
@@ -134,6 +130,25 @@ class ReIDModel(nn.Module):
         if self.loss == {'xent'}:
             return logits
         return logits, f
+
+    def pooled_features(self, x, camids=None):
+        """f, the feature before the neck, (B, feat_dim): of images (B, C, H, W), or of clips
+        (B, S, C, H, W) with the S frame features pooled over time."""
+        if x.dim() == 5:
+            batch, seq_len = x.shape[:2]
+            frame_camids = None if camids is None else camids.repeat_interleave(seq_len)
+            f = self._features(x.flatten(0, 1), frame_camids).view(batch, seq_len, -1)
+            return temporal_pool(f, self.pool)
+        return self._features(x, camids)
+
+    def logits_and_test_feature(self, x, camids=None):
+        """(logits (B, num_classes), test feature (B, feat_dim)) in either mode; in eval mode the
+        BNNeck normalises with its running statistics and the test feature is forward()'s. What
+        a frozen teacher gives for distillation (models.teacher), where forward() in eval mode
+        would return the feature alone."""
+        f = self.pooled_features(x, camids)
+        f_neck = self.bottleneck(f) if self.neck == 'bnneck' else f
+        return self.classifier(f_neck), (f_neck if self.neck_feat == 'after' else f)
 
     def _features(self, images, camids):
         return self.features(images, camids) if self.num_cameras else self.features(images)
