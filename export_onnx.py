@@ -56,7 +56,7 @@ def get_args_parser():
     parser.add_argument('--width', type=int, help="input width (default: the checkpoint's)")
     parser.add_argument('--boxmot-pt', metavar='FILE',
                         help="OSNet checkpoints: also write the weights in torchreid's names as BoxMOT's .pt route "
-                             'loads them (the file name must contain the architecture, e.g. osnet_x0_25_market.pt)')
+                             'loads them, with the architecture and crop size BoxMOT reads (any name ending in .pt)')
     parser.add_argument('--input-norm', choices=INPUT_NORMS, default='imagenet',
                         help="normalisation of the input: ImageNet's (trackers' convention; the model's own is "
                              "converted to inside the graph) or the model's own (default: %(default)s)")
@@ -141,21 +141,24 @@ def export(checkpoint, output, batch='dynamic', height=None, width=None, input_n
 
 
 def write_boxmot_pt(checkpoint, path):
-    """The weights of an OSNet checkpoint as torchreid (and so BoxMOT's `.pt` route) names them:
-    the backbone without its `backbone.` prefix, and the classifier when it is torchreid's (a
-    Linear with bias, no BNNeck). Raises ValueError for other models or a file name BoxMOT would
-    not map to the architecture."""
+    """The weights of an OSNet checkpoint as torchreid (and so BoxMOT's `.pt` route) names them: the
+    backbone without its `backbone.` prefix, and the classifier when it is torchreid's (a Linear
+    with bias, no BNNeck), under 'state_dict', with what BoxMOT reads beside it: 'model_name' (the
+    OSNet it builds, whatever the file is called) and 'model_kwargs' {'img_size': [H, W]} (the
+    crop size; without it BoxMOT resizes to its 256x128 default). Raises ValueError for other
+    models or a name without BoxMOT's `.pt` suffix."""
     config = models.checkpoint_config(checkpoint)
     arch = config['arch']
     if arch not in models.OSNET_ARCHS:
         raise ValueError(f'--boxmot-pt: BoxMOT builds its own networks for .pt files; this is a {arch} checkpoint, '
                          f'not OSNet: use the ONNX file')
-    if not path.endswith('.pt') or arch not in os.path.basename(path).lower():
-        raise ValueError(f'--boxmot-pt {path}: BoxMOT reads the architecture from the file name: name it '
-                         f'{arch}_<dataset>.pt')
+    if not path.endswith('.pt'):
+        raise ValueError(f'--boxmot-pt {path}: BoxMOT recognises the format by the suffix: name it <name>.pt')
     state = {k.removeprefix('backbone.'): v for k, v in checkpoint['state_dict'].items()
              if k.startswith('backbone.') or (config['neck'] == 'none' and k.startswith('classifier.'))}
-    checkpoints.save_checkpoint(state, path)
+    checkpoints.save_checkpoint({'state_dict': state, 'model_name': arch, 'model_kwargs_schema_version': 1,
+                                 'model_kwargs': {'img_size': [config['height'], config['width']]},
+                                 'preprocess': 'resize'}, path)
     return config
 
 

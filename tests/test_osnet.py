@@ -462,12 +462,17 @@ def test_boxmot_pt_route_is_torchreids_layout(tmp_path):
     path = str(tmp_path / 'osnet_x0_25_mydata.pt')
     export_onnx.write_boxmot_pt(checkpoint, path)
     written = torch.load(path, weights_only=True)
-    assert set(written) == {k.removeprefix('backbone.') for k in model.state_dict()}
-    model.backbone.load_state_dict({k: v for k, v in written.items() if not k.startswith('classifier.')}, strict=True)
+    # What BoxMOT reads besides the weights: the architecture it builds and the crop size.
+    assert {k: v for k, v in written.items() if k != 'state_dict'} == {
+        'model_name': 'osnet_x0_25', 'model_kwargs': {'img_size': [256, 128]}, 'model_kwargs_schema_version': 1,
+        'preprocess': 'resize'}
+    weights = written['state_dict']
+    assert set(weights) == {k.removeprefix('backbone.') for k in model.state_dict()}
+    model.backbone.load_state_dict({k: v for k, v in weights.items() if not k.startswith('classifier.')}, strict=True)
     images = [np.random.default_rng(i).integers(0, 256, (128, 64, 3), dtype=np.uint8) for i in range(2)]
     np.testing.assert_allclose(FeatureExtractor(path)(images), FeatureExtractor(checkpoint)(images), atol=1e-6)
-    with pytest.raises(ValueError, match='name it osnet_x0_25_<dataset>.pt'):
-        export_onnx.write_boxmot_pt(checkpoint, str(tmp_path / 'reid.pt'))
+    with pytest.raises(ValueError, match=r'name it <name>\.pt'):
+        export_onnx.write_boxmot_pt(checkpoint, str(tmp_path / 'reid.pth'))
     resnet = {'state_dict': {}, 'model': dict(CONFIG_DEFAULTS, arch='resnet50')}
     with pytest.raises(ValueError, match='not OSNet'):
         export_onnx.write_boxmot_pt(resnet, str(tmp_path / 'resnet50_x.pt'))
