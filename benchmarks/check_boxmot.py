@@ -12,7 +12,7 @@ frames, and checks, for each file:
      both ways (the checkpoint's --resize-mode, and the other), max |difference| and cosine;
   2. every appearance tracker of BoxMOT runs on the file for a few frames and keeps the people's
      track ids (each person stands still, so a tracker that loses them is broken, not fooled).
-Without BoxMOT it says how to install it and exits with 2.
+Without BoxMOT it says how to install it and exits with status 1.
 """
 import argparse
 import importlib
