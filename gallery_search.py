@@ -10,14 +10,17 @@ rate of the machine's matrix multiply; faiss indexes behind the same interface.
 How it works. The gallery files are read block by block (memory-mapped for .npy and .npz
 members stored uncompressed, as np.savez writes them; chunk by chunk for .h5; decompressed as
 a stream for np.savez_compressed), never whole. Each block is multiplied with every batch of
-queries into one preallocated (queries, block) score buffer, filtered entries are set to -inf,
-torch.topk keeps the block's best k, and those are merged into the running list. Memory is
-the score buffer and a block: `memory_mb` (256 MB by default) whatever the gallery size.
+queries into one preallocated (queries, block) score buffer and filtered entries are set to
+-inf. Candidates are the block's torch.topk while a query's running list is not full, then
+only the entries above its running k-th score (one comparison pass: after a few blocks they
+are few); candidates are merged into the running lists when they are as many as the lists
+hold, so merges get rarer as the search goes. Memory is the score buffer and a block:
+`memory_mb` (256 MB by default) whatever the gallery size.
 
 Order. Scores are ranked best first, ties broken by gallery index (lower first), so results
 are deterministic and identical to a stable sort of the dense row: torch.topk's choice among
 equal values is arbitrary, so a row whose k-th and (k+1)-th values tie is redone exactly, and
-lists are merged by a sort on the index followed by a stable sort on the score.
+lists are merged by stable sorts that keep gallery order among equal scores.
 Scores: cosine ranks by <q/|q|, g/|g|> (distance 1 - score); Euclidean by 2 q.g - |g|^2,
 which orders the gallery as the squared distance |q|^2 + |g|^2 - 2 q.g does (distance
 |q|^2 - score, clamped at 0), without a pass to add |q|^2.
@@ -617,8 +620,10 @@ class GallerySearch:
     def rows(self, indices):
         """(len(indices), D) float32 gallery features at the given gallery indices (any order)."""
         indices = np.asarray(indices, dtype=np.int64)
-        out = np.empty((len(indices), self.dim), dtype=np.float32)
         number = np.searchsorted(self.offsets, indices, side='right') - 1
+        if (number == number[0]).all():  # one file: no second copy
+            return np.asarray(self.files[number[0]].take(indices - self.offsets[number[0]]), dtype=np.float32)
+        out = np.empty((len(indices), self.dim), dtype=np.float32)
         for n in np.unique(number):
             at = number == n
             out[at] = self.files[n].take(indices[at] - self.offsets[n])
@@ -628,7 +633,8 @@ class GallerySearch:
         """Exact float32 scores of the candidates (Q, C), read back from the files in query
         batches that keep the gathered rows within memory_mb."""
         exact = torch.full_like(scores, -math.inf)
-        batch = max(1, self.memory_mb * (1 << 20) // (indices.shape[1] * self.dim * 4 * 4))
+        # The gathered rows and their temporaries: about 4 copies of (batch, C, D) float32.
+        batch = max(1, self.memory_mb * (1 << 20) // (indices.shape[1] * self.dim * 4 * 8))
         for start in range(0, len(q), batch):
             idx, valid = indices[start:start + batch], scores[start:start + batch] > -math.inf
             g = torch.from_numpy(self.rows(idx.clamp(min=0).reshape(-1).numpy())).view(*idx.shape, self.dim)
@@ -727,13 +733,15 @@ class FaissIndex:
         q = self.gallery._queries(query_features).numpy()
         k = min(k, self.gallery.num)
         filters = self.gallery.filters(len(q), **filter_args)
+        q_sq = (q.astype(np.float64) ** 2).sum(1).astype(np.float32)
         scores = torch.full((len(q), k), -math.inf)
         indices = torch.zeros((len(q), k), dtype=torch.int64)
         todo, width = np.arange(len(q)), k
         while len(todo):
             distances, found = self.index.search(q[todo], width)
             found = torch.from_numpy(found)
-            s = torch.from_numpy(distances if self.gallery.metric == 'cosine' else -distances)
+            # Back to the exact search's scores: <q, g> (cosine), |q|^2 - |q - g|^2 (Euclidean).
+            s = torch.from_numpy(distances if self.gallery.metric == 'cosine' else q_sq[todo, None] - distances)
             removed = found < 0
             if filters is not None:
                 removed |= filters.removed(torch.from_numpy(todo)[:, None], found.clamp(min=0))

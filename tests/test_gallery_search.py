@@ -262,3 +262,8 @@ def test_faiss_index_behind_the_same_interface(tmp_path):
     assert not ((g_pids[found] == q_pids[:, None]) & (g_cams[found] == q_cams[:, None])).any()
     with pytest.raises(SearchError, match='faiss cannot build'):
         FaissIndex(search, 'NotAnIndex')
+    euclidean = GallerySearch([g], metric='euclidean')
+    exact, exact_distances = euclidean.search(q, 10)
+    found, distances = FaissIndex(euclidean, 'Flat').search(q, 10)
+    assert (found == exact).mean() > 0.95
+    np.testing.assert_allclose(distances, exact_distances, rtol=1e-5, atol=1e-3)
