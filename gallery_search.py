@@ -458,10 +458,15 @@ class GallerySearch:
         if len(bad):
             raise SearchError(f'gallery entry {first + int(bad[0])} has a non-finite feature (NaN or inf)')
         dtype = DTYPES[self.dtype]
-        if self.metric == 'cosine':  # as F.normalize, into a buffer reused from block to block
-            unit = self._buffer('unit', g.numel(), torch.float32, device).view_as(g) if reuse else None
-            return torch.div(g, norms.clamp(min=1e-12)[:, None], out=unit).to(dtype), None
-        return g.to(dtype), (-norms).to(dtype)
+        # Written in the compute dtype in one pass, into a buffer reused from block to block.
+        out = self._buffer('gallery', g.numel(), dtype, device).view_as(g) if reuse else torch.empty_like(g, dtype=dtype)
+        if self.metric == 'cosine':
+            if dtype != torch.float32 and float((norms - 1).abs().max()) < 1e-3:
+                # Unit vectors already (extract_features.py's cosine features): the rounding to
+                # bf16 / fp16 is far coarser than the normalisation, and the candidates are rescored.
+                return out.copy_(g), None
+            return torch.div(g, norms.clamp(min=1e-12)[:, None], out=out), None  # as F.normalize
+        return (g if dtype == torch.float32 else out.copy_(g)), (-norms).to(dtype)
 
     def _shard_blocks(self, device, start, stop, rows):
         """Prepared blocks of one shard: (global start, g, bias), from the device cache or read."""
