@@ -54,6 +54,9 @@ def get_args_parser():
     parser.add_argument('--index', metavar='faiss:FACTORY', help='approximate search, e.g. faiss:IVF4096,Flat')
     parser.add_argument('--index-file', metavar='FILE', help='load the faiss index from FILE, or build and save it there')
     parser.add_argument('--faiss-params', metavar='SETTINGS', help='faiss search settings, e.g. nprobe=32')
+    parser.add_argument('--faiss-train-size', type=int, metavar='N',
+                        help='gallery rows the index is trained on (default: 40 per IVF list)')
+    parser.add_argument('--faiss-iterations', type=int, metavar='N', help='k-means iterations of IVF training (faiss: 25)')
     parser.add_argument('--report', action='store_true',
                         help='with --index: recall, CMC and mAP@k against the exact search, build time, '
                              'bytes per vector, queries/s')
@@ -104,7 +107,10 @@ def run(args):
     search = GallerySearch(args.gallery, metric=args.metric, device=args.device, dtype=args.dtype,
                            memory_mb=args.memory_mb, gallery_camids=gallery['camids'],
                            gallery_pids=gallery['pids'], gallery_times=gallery['times'])
-    junk = np.loadtxt(args.junk, dtype=np.int64, ndmin=1) if args.junk else None
+    try:
+        junk = np.loadtxt(args.junk, dtype=np.int64, ndmin=1) if args.junk else None
+    except (OSError, ValueError) as error:
+        raise SearchError(f'--junk {args.junk}: {error} (expected one gallery index a line)') from error
     same_camera = args.exclude_same_camera
     filters = dict(query_camids=queried['camids'] if same_camera else None,
                    query_pids=queried['pids'] if same_camera and gallery['pids'] is not None else None,
@@ -121,7 +127,8 @@ def run(args):
           f'{len(queries) / exact_seconds:.1f} queries/s')
     if args.index:
         exact = indices
-        index = FaissIndex(search, args.index[len('faiss:'):], path=args.index_file, params=args.faiss_params)
+        index = FaissIndex(search, args.index[len('faiss:'):], path=args.index_file, params=args.faiss_params,
+                           train_size=args.faiss_train_size, kmeans_iterations=args.faiss_iterations)
         start = time.perf_counter()
         indices, distances = index.search(queries, args.topk, **filters)
         seconds = time.perf_counter() - start
@@ -147,6 +154,13 @@ def main():
         parser.error(f'--topk must be positive, got {args.topk}')
     if args.index and not args.index.startswith('faiss:'):
         parser.error(f'--index {args.index}: expected faiss:<index_factory string>, e.g. faiss:IVF4096,Flat')
+    for attribute, flag in PATTERNS.values():
+        pattern = getattr(args, attribute)
+        try:
+            if pattern and re.compile(pattern).groups < 1:
+                parser.error(f'{flag} {pattern}: needs a group around the number')
+        except re.error as error:
+            parser.error(f'{flag} {pattern}: {error}')
     if args.report and not args.index:
         parser.error('--report compares an --index with the exact search; add --index faiss:FACTORY')
     try:

@@ -15,6 +15,7 @@ Working memory is the peak of anonymous resident memory during the search minus 
 """
 import argparse
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -137,9 +138,12 @@ def main():
     parser.add_argument('--paths', nargs='+', choices=['memory', 'file'], default=['memory', 'file'])
     parser.add_argument('--memory-mb', type=int, default=256)
     parser.add_argument('--repeat', type=int, default=2, help='runs per row, the best counts')
-    parser.add_argument('--faiss', nargs='*', default=['IVF1024,Flat'], metavar='FACTORY',
-                        help='faiss index factory strings (none: skip)')
-    parser.add_argument('--nprobe', nargs='+', type=int, default=[4, 8, 16])
+    parser.add_argument('--faiss', nargs='*', default=['IVF4096,Flat'], metavar='FACTORY',
+                        help='faiss index factory strings (none: skip; default: %(default)s)')
+    parser.add_argument('--train-per-list', type=int, default=20,
+                        help='IVF training rows per list (default: %(default)s)')
+    parser.add_argument('--kmeans-iterations', type=int, default=10, help='(default: %(default)s)')
+    parser.add_argument('--nprobe', nargs='+', type=int, default=[8, 16, 32])
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -199,17 +203,20 @@ def main():
             print('faiss is not installed: no faiss rows (pip install faiss-cpu)')
             return
         for factory in args.faiss:
+            ivf = re.search(r'IVF(\d+)', factory)
             try:
-                index = FaissIndex(search, factory)
+                index = FaissIndex(search, factory, kmeans_iterations=args.kmeans_iterations,
+                                   train_size=args.train_per_list * int(ivf[1]) if ivf else None)
             except SearchError as error:
                 print(f'faiss {factory}: {error}')
                 continue
-            for nprobe in args.nprobe:
-                faiss.ParameterSpace().set_index_parameters(index.index, f'nprobe={nprobe}')
+            for setting in [f'nprobe={nprobe}' for nprobe in args.nprobe] if ivf else ['']:
+                if setting:
+                    faiss.ParameterSpace().set_index_parameters(index.index, setting)
                 seconds, (found, _) = min((timed(lambda: index.search(queries, args.k), args.device)
                                            for _ in range(args.repeat)), key=lambda pair: pair[0])
                 report = retrieval_report(exact, found, q_pids=q_ids, g_pids=g_ids)
-                print(f'faiss {factory} nprobe={nprobe:<4d} {seconds:8.3f} s  '
+                print(f'faiss {factory} {setting:11s} {seconds:8.3f} s  '
                       f'{exact_seconds / seconds:5.1f}x exact  k-recall@{args.k} {report["k-recall@k"]:.4f}  '
                       f'1-recall@1 {report["1-recall@1"]:.4f}  mAP@{args.k} {report["approx"][1]:.2%} vs '
                       f'{report["exact"][1]:.2%} ({100 * (report["approx"][1] - report["exact"][1]):+.2f} points)  '
