@@ -1,5 +1,6 @@
 """gallery_search.py and search_gallery.py: exact top-k against a dense stable sort across block
 and file boundaries, the filters against eval_metrics.py's protocol, bounded memory, faiss."""
+import re
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import eval_metrics
+import extract_features
 import gallery_search
 from conftest import REPO, run_script
 from gallery_search import FaissIndex, GallerySearch, SearchError, plan_blocks, ranked_list_metrics
@@ -211,6 +213,20 @@ def test_metric_and_bad_input(tmp_path):
         GallerySearch([bad], metric='cosine').search(g[:2], 3)
     with pytest.raises(SearchError, match='needs query camids and gallery camids'):
         GallerySearch([g], metric='cosine').search(g[:2], 3, query_camids=[0, 1], exclude_same_camera=True)
+
+
+def test_reads_what_extract_features_writes(tmp_path):
+    """extract_features.write_features records the metric and the camids for the search."""
+    g = integer_features(30, 8, 8)
+    names = [f'0001_c{i % 3 + 1}s1_{i:06d}_00.jpg' for i in range(30)]
+    camids = [extract_features.camera_id(name, re.compile(r'c(\d+)')) for name in names]
+    for name in ('f.npz', 'f.h5'):
+        extract_features.write_features(str(tmp_path / name), g, names, 'cosine', camids)
+        search = GallerySearch([str(tmp_path / name)])
+        assert search.metric == 'cosine' and list(search.column('camids')) == camids
+        assert list(search.paths([[4, -1]])[0]) == [names[4], '']
+    extract_features.write_features(str(tmp_path / 'f.npy'), g, names)
+    assert list(GallerySearch([str(tmp_path / 'f.npy')], metric='cosine').column('paths')) == names
 
 
 def test_script_end_to_end(tmp_path):
