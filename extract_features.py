@@ -10,6 +10,8 @@ line. For a video checkpoint each item is a tracklet: every folder that holds im
 (frames sorted by name), or in a list file one line of frame paths separated by spaces.
 --output by extension: .npz (arrays 'features' (N, D) float32 and 'paths' (N,)), .h5 (datasets
 'features' and 'paths'), or .npy (the features; the paths go to a .txt file beside it, one a line).
+.npz and .h5 also record the checkpoint's metric ('metric'; an .h5 attribute) and, with
+--camera-pattern, each item's camera id ('camids'), which search_gallery.py reads.
 The features are those of the evaluation (feature_extractor.FeatureExtractor): rank them by
 squared Euclidean distance. A model with a camera embedding takes each image's camera from its
 file name with --camera-pattern (c3 -> camera id 2, as the benchmark parsers number them); without
@@ -103,14 +105,22 @@ def list_inputs(path, video):
     return ([line.split() for line in lines] if video else lines), lines
 
 
-def write_features(path, features, names):
+def write_features(path, features, names, metric=None, camids=None):
+    """metric: the checkpoint's dist_metric, for search_gallery.py (.npz / .h5 only); camids:
+    (N,) camera ids, stored as 'camids' when given (.npz / .h5 only)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    extra = {} if camids is None else {'camids': np.asarray(camids, dtype=np.int64)}
     if path.endswith('.npz'):
-        np.savez(path, features=features, paths=np.array(names))
+        np.savez(path, features=features, paths=np.array(names), **extra,
+                 **({} if metric is None else {'metric': np.array(metric)}))
     elif path.endswith('.h5'):
         with h5py.File(path, 'w') as f:
             f.create_dataset('features', data=features)
             f.create_dataset('paths', data=names, dtype=h5py.string_dtype())
+            for key, values in extra.items():
+                f.create_dataset(key, data=values)
+            if metric is not None:
+                f.attrs['metric'] = metric
     else:
         np.save(path, features)
         with open(path[:-len('.npy')] + '.txt', 'w') as f:
@@ -147,7 +157,7 @@ def extract(args):
 
     # Tracklets are batched so that about batch_size frames go through per chunk.
     per_chunk = max(1, args.batch_size // extractor.config['seq_len']) if extractor.video else args.batch_size
-    features, kept, skipped = [], [], []
+    features, kept, skipped, cameras = [], [], [], []
     progress, last_print = utils.Progress(len(items)), time.time()
     with ThreadPoolExecutor(max(1, args.workers)) as pool:
         def submit(first):
@@ -161,8 +171,9 @@ def extract(args):
             for name, x in loaded:
                 (skipped if isinstance(x, ImageReadError) else good).append((name, x))
             if good:
-                camids = [camera_id(name, pattern) for name, _ in good] if pattern and extractor.num_cameras else None
-                features.append(extractor([x for _, x in good], camids=camids))
+                camids = [camera_id(name, pattern) for name, _ in good] if pattern else None
+                features.append(extractor([x for _, x in good], camids=camids if extractor.num_cameras else None))
+                cameras += camids or []
                 kept += [name for name, _ in good]
             progress.update(len(items[first:first + per_chunk]))
             if time.time() - last_print >= 5 or progress.done == len(items):
@@ -176,7 +187,7 @@ def extract(args):
     if not kept:
         raise InputError(f'no readable {unit[:-1]} in --input {args.input}')
     features = np.concatenate(features)
-    write_features(args.output, features, kept)
+    write_features(args.output, features, kept, extractor.config['dist_metric'], cameras if pattern else None)
     print(f'Wrote {features.shape[0]}-by-{features.shape[1]} features to {args.output}')
 
 
