@@ -16,12 +16,15 @@ How it stays fast: only the ranks of the true matches are needed, not a sorted g
 Per block of queries (float32 distances):
   1. true matches and same-camera junk come from a per-pid index of the gallery (sparse);
   2. distances are cut into buckets per query, linear over the range of the query's
-     true-match distances (NUM_BUCKETS of them, one below, a few above), in five in-place
-     passes over reused buffers; one bincount gives, for each true match, the number of
-     entries in lower buckets;
-  3. the few entries that share a bucket with a true match (looked for only in the rows
-     where there are any) are sorted exactly by (float order key, gallery index), which
-     gives the entries before the match inside its bucket.
+     true-match distances (NUM_BUCKETS of them, one below, a few above), in five passes
+     over reused buffers; one bincount gives, for each true match, the number of entries
+     in lower buckets;
+  3. the few entries that share a bucket with a true match are sorted exactly by (float
+     order key, gallery index), which gives the entries before the match inside its
+     bucket. Finding them is one lookup per entry of the block, done whenever any match of
+     the block shares its bucket, so the cost does not grow with how matches and
+     non-matches mix (0.3% of the entries share a bucket with a match in bench_eval.py's
+     re-ID feature case at Market scale, where matches spread through the whole ranking).
   rank = 1 + (entries in lower buckets) + (entries before it in its bucket) - (junk entries
   before it, counted sparsely), exactly what a stable sort of the whole row would give: the
   bucketing only has to be monotone, so float rounding in it cannot change a result.
@@ -30,6 +33,7 @@ Queries are processed in blocks, so features can be turned into distances block 
 (evaluate_features) and peak memory does not grow with num_query x num_gallery; the
 verification figures are streamed too (see _Verification).
 """
+import contextlib
 import math
 from typing import NamedTuple
 
@@ -287,11 +291,11 @@ class _Verification:
     Holds every true-match distance, and every negative distance up to a running threshold,
     an upper bound on the keep-th smallest negative so far (keep = floor(max(fprs) *
     num_negatives) + 1), so the held ones always include the keep smallest of all. When a
-    block would take the held ones over 1.25 * keep, the threshold is first lowered to about
-    the 1.05 * keep-th smallest, estimated from every _SAMPLE_STRIDE-th value and kept only
+    block would take the held ones over 1.5 * keep, the threshold is first lowered to about
+    the 1.02 * keep-th smallest, estimated from every _SAMPLE_STRIDE-th value and kept only
     if at least keep negatives are indeed at or below it (otherwise they are cut back to the
-    keep smallest, exactly): memory stays under 1.25 * max(fprs) of the negatives plus one
-    block (48 MB at MSMT17 scale). Early blocks, under a loose threshold, add the most; in
+    keep smallest, exactly): memory stays under 1.5 * max(fprs) of the negatives plus one
+    block (57 MB at MSMT17 scale). Early blocks, under a loose threshold, add the most; in
     all about keep * (1 + ln(1 / max(fprs))) values pass through. This runs in numpy on the
     CPU, whose comparison is ~3x faster than torch's there and whose partition
     (introselect) ~15x faster than torch.kthvalue.
@@ -302,30 +306,34 @@ class _Verification:
         self.keep = math.floor(max(fprs) * num_negatives) + 1
         self.threshold = math.inf
         self.negatives, self.num_held, self.positives = [], 0, []
-        self.mask = np.empty(0, dtype=bool)
+        self.masks = {}
 
-    def _negatives_up_to(self, threshold, flat, not_negative):
-        """(len(flat),) bool, a view of self.mask: the negatives of flat at or below threshold."""
-        if len(self.mask) < len(flat):
-            self.mask = np.empty(len(flat), dtype=bool)
-        mask = np.less_equal(flat, np.float32(threshold), out=self.mask[:len(flat)])
+    def _negatives_up_to(self, threshold, flat, not_negative, name='mask'):
+        """(len(flat),) bool, a view of a reused buffer: the negatives of flat at or below
+        threshold."""
+        if len(self.masks.get(name, ())) < len(flat):
+            self.masks[name] = np.empty(len(flat), dtype=bool)
+        mask = np.less_equal(flat, np.float32(threshold), out=self.masks[name][:len(flat)])
         mask[not_negative] = False
         return mask
 
     def _lower_threshold(self, flat, not_negative, mask):
-        """Lower the threshold to a sampled estimate of the 1.05 * keep-th smallest negative
+        """Lower the threshold to a sampled estimate of the 1.02 * keep-th smallest negative
         of the held ones and this block's (mask: those at or below the threshold), if it
         checks out. A partition of a 1/_SAMPLE_STRIDE sample and comparisons cost a fraction
-        of an exact partition of them all."""
+        of an exact partition of them all. Returns the mask for the threshold now in force."""
         held = np.concatenate(self.negatives) if self.negatives else flat[:0]
         sample = np.concatenate([held[::_SAMPLE_STRIDE], flat[::_SAMPLE_STRIDE][mask[::_SAMPLE_STRIDE]]])
         k = math.ceil(1.02 * self.keep / _SAMPLE_STRIDE)
         if k >= len(sample):
-            return
+            return mask
         estimate = float(np.partition(sample, k)[k])
         held = held[held <= estimate]
-        if len(held) + np.count_nonzero(self._negatives_up_to(estimate, flat, not_negative)) >= self.keep:
-            self.threshold, self.negatives, self.num_held = estimate, [held], len(held)
+        lower = self._negatives_up_to(estimate, flat, not_negative, 'lower_mask')
+        if len(held) + np.count_nonzero(lower) < self.keep:
+            return mask
+        self.threshold, self.negatives, self.num_held = estimate, [held], len(held)
+        return lower
 
     def add(self, flat, positives, junk, num_gallery):
         """flat: (B * num_gallery,) float32 distances of a block; positives, junk: (rows, cols)."""
@@ -335,8 +343,7 @@ class _Verification:
         self.positives.append(flat[pos_flat])
         mask = self._negatives_up_to(self.threshold, flat, not_negative)
         if 2 * (self.num_held + np.count_nonzero(mask)) > 3 * self.keep and self.keep >= 64 * _SAMPLE_STRIDE:
-            self._lower_threshold(flat, not_negative, mask)
-            mask = self._negatives_up_to(self.threshold, flat, not_negative)
+            mask = self._lower_threshold(flat, not_negative, mask)
         self.negatives.append(np.compress(mask, flat))
         self.num_held += len(self.negatives[-1])
         if 2 * self.num_held > 3 * self.keep:  # the estimate did not check out
@@ -382,6 +389,24 @@ def _block_stats(dist, q_pids, q_camids, gallery, scratch, verification):
             (num_pos.double() / last_hit).cpu())
 
 
+@contextlib.contextmanager
+def _one_cpu_thread(device):
+    """Run the ranking of a block on one CPU thread, then give torch its threads back. Its
+    passes are memory-bound and its histogram serial, so more threads gain little, while
+    each parallel op waits for all of them at a barrier: on a machine whose cores are busy
+    with other work that made ranking 5-10x slower (benchmarks/bench_eval.py; the distances,
+    a matmul, keep every thread)."""
+    threads = torch.get_num_threads()
+    if device.type != 'cpu' or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def evaluate_blocks(dist_blocks, q_pids, g_pids, q_camids, g_camids, max_rank=50, verbose=True,
                     fprs=VERIFICATION_FPRS):
     """CMC, mAP, mINP and verification figures from distances given as row blocks.
@@ -422,8 +447,9 @@ def evaluate_blocks(dist_blocks, q_pids, g_pids, q_camids, g_camids, max_rank=50
         step = default_block_size(num_gallery)
         for offset in range(0, block.shape[0], step):
             rows = slice(start + offset, start + min(offset + step, block.shape[0]))
-            stats = _block_stats(block[offset:offset + step], q_pids[rows].to(block.device),
-                                 q_camids[rows].to(block.device), gallery, scratch, verification)
+            with _one_cpu_thread(block.device):
+                stats = _block_stats(block[offset:offset + step], q_pids[rows].to(block.device),
+                                     q_camids[rows].to(block.device), gallery, scratch, verification)
             num_pos[rows], first_hit[rows], ap[rows], inp[rows] = stats
     if (num_pos < 0).any():
         raise ValueError('the distance blocks do not cover every query')

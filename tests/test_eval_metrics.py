@@ -147,6 +147,22 @@ def test_blocks_and_features_paths_are_identical():
     assert evaluate_blocks(blocks, *labels, verbose=False).mAP == full.mAP
 
 
+def test_ranking_gives_torch_its_threads_back():
+    """Blocks are ranked on one CPU thread; torch's thread count is restored after, errors too."""
+    distmat = np.array([[0.1, 0.2]], np.float32)
+    labels = np.array([1]), np.array([1, 2]), np.array([0]), np.array([1, 1])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        evaluate(distmat, *labels, verbose=False)
+        assert torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match='NaN'):
+            evaluate(np.array([[0.1, np.nan]], np.float32), *labels)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_squared_euclidean():
     torch.manual_seed(0)
     qf, gf = torch.randn(5, 7, dtype=torch.float64), torch.randn(9, 7, dtype=torch.float64)
