@@ -16,12 +16,15 @@ How it stays fast: only the ranks of the true matches are needed, not a sorted g
 Per block of queries (float32 distances):
   1. true matches and same-camera junk come from a per-pid index of the gallery (sparse);
   2. distances are cut into buckets per query, linear over the range of the query's
-     true-match distances (NUM_BUCKETS of them, one below, a few above), in five in-place
-     passes over reused buffers; one bincount gives, for each true match, the number of
-     entries in lower buckets;
-  3. the few entries that share a bucket with a true match (looked for only in the rows
-     where there are any) are sorted exactly by (float order key, gallery index), which
-     gives the entries before the match inside its bucket.
+     true-match distances (NUM_BUCKETS of them, one below, a few above), in five passes
+     over reused buffers; one bincount gives, for each true match, the number of entries
+     in lower buckets;
+  3. the few entries that share a bucket with a true match are sorted exactly by (float
+     order key, gallery index), which gives the entries before the match inside its
+     bucket. Finding them is one lookup per entry of the block, done whenever any match of
+     the block shares its bucket, so the cost does not grow with how matches and
+     non-matches mix (0.3% of the entries share a bucket with a match in bench_eval.py's
+     re-ID feature case at Market scale, where matches spread through the whole ranking).
   rank = 1 + (entries in lower buckets) + (entries before it in its bucket) - (junk entries
   before it, counted sparsely), exactly what a stable sort of the whole row would give: the
   bucketing only has to be monotone, so float rounding in it cannot change a result.
@@ -30,6 +33,7 @@ Queries are processed in blocks, so features can be turned into distances block 
 (evaluate_features) and peak memory does not grow with num_query x num_gallery; the
 verification figures are streamed too (see _Verification).
 """
+import contextlib
 import math
 from typing import NamedTuple
 
@@ -142,6 +146,7 @@ class _GalleryIndex:
 
 NUM_BUCKETS = 2048
 _ABOVE_BUCKETS = 64
+_SAMPLE_STRIDE = 16  # _Verification estimates its threshold from 1/16 of the values
 _MAX_SCALE = 1e30  # keeps (distance - lo) * scale finite or +-inf (never NaN) in float32
 
 
@@ -194,8 +199,9 @@ def _buckets(dist, rows, pos_dist, num_buckets, scratch):
     """
     batch, num_gallery = dist.shape
     finite = pos_dist.isfinite()
-    # A row with a true match at +inf keeps everything above hi in one bucket, its last.
-    ceiling = num_buckets + torch.arange(num_gallery, device=dist.device) % _ABOVE_BUCKETS
+    # The highest bucket of each column; a row with a true match at +inf keeps everything
+    # above hi in one bucket, its last.
+    ceiling = (num_buckets + torch.arange(num_gallery, device=dist.device) % _ABOVE_BUCKETS).float()
     infinite_rows = rows[pos_dist == math.inf]
     if len(infinite_rows):
         ceiling = ceiling.expand(batch, num_gallery).clone()
@@ -205,12 +211,12 @@ def _buckets(dist, rows, pos_dist, num_buckets, scratch):
     hi = torch.zeros(batch, dtype=torch.float64, device=dist.device).scatter_reduce_(0, rows, pos_dist, 'amax', include_self=False)
     width = hi - lo
     scale = torch.where(width > 0, (num_buckets - 1) / width, 1.0).clamp(max=_MAX_SCALE)
-    # The passes over the whole block, in place on two reused buffers: (d - lo) * scale (the
-    # subtraction first, so values stay finite or +-inf, never inf - inf), clamp, truncate to
-    # int32, add the row base.
+    # The passes over the whole block, on two reused buffers: (d - lo) * scale (the
+    # subtraction first, so values stay finite or +-inf, never inf - inf), clamp to
+    # [-1, ceiling], truncate to int32, add the row base.
     work = scratch.get('work', dist.numel(), torch.float32, dist.device).view(dist.shape)
-    torch.sub(dist, lo.float()[:, None], out=work).mul_(scale.float()[:, None]).clamp_(min=-1)
-    torch.minimum(work, ceiling.float(), out=work)
+    torch.sub(dist, lo.float()[:, None], out=work).mul_(scale.float()[:, None])
+    torch.clamp(work, min=torch.tensor(-1.0, device=dist.device), max=ceiling, out=work)
     bucket = scratch.get('bucket', dist.numel(), torch.int32, dist.device).view(dist.shape).copy_(work)
     row_size = num_buckets + _ABOVE_BUCKETS + 1
     row_base = row_size * torch.arange(batch, dtype=torch.int32, device=dist.device) + 1
@@ -240,34 +246,32 @@ def _match_ranks(dist, positives, junk, scratch):
     bucket, row_size = _buckets(dist, positives[0], pos_dist, num_buckets, scratch)
     bucket = bucket.view(-1)
     hist = torch.bincount(bucket, minlength=batch * row_size)
-    # Entries before each bucket in the whole block (one flat cumsum: faster than per row).
-    before_bucket = hist.cumsum(0) - hist
+    # Entries up to each bucket in the whole block (one flat cumsum: faster than per row).
+    up_to_bucket = torch.cumsum(hist, 0, out=scratch.get('cumsum', len(hist), hist.dtype, device))
 
-    # The entries that share a bucket with a true match (candidates, in gallery order) sorted
-    # by (bucket, key): a stable sort, so equal keys stay in gallery order. Only rows where a
-    # match shares its bucket with other entries are scanned for them; elsewhere the
-    # candidates are the true matches themselves.
+    # The entries that share a bucket with a true match (candidates, the matches among them,
+    # in gallery order) sorted by (bucket, key): a stable sort, so equal keys stay in gallery
+    # order. When a match shares its bucket with another entry, the whole block is scanned
+    # for them, one lookup per entry however many there are; otherwise the candidates are the
+    # true matches themselves.
     pos_bucket = bucket[pos_flat].long()
-    crowded = hist[pos_bucket] > torch.bincount(pos_bucket, minlength=len(hist))[pos_bucket]
-    scan = torch.zeros(batch, dtype=torch.bool, device=device)
-    scan[positives[0][crowded]] = True
-    scan_rows = scan.nonzero().squeeze(1)
-    hosts_match = torch.zeros(len(hist), dtype=torch.bool, device=device)
-    hosts_match[pos_bucket] = True
-    scanned = bucket.view(batch, num_gallery)[scan_rows].view(-1) if len(scan_rows) < batch else bucket
-    is_candidate = scratch.mask(len(scanned), device)
-    torch.index_select(hosts_match, 0, scanned, out=is_candidate[:len(scanned)])
-    cand = _flat_nonzero(is_candidate)
-    if len(scan_rows) < batch:
-        cand = scan_rows[cand // num_gallery] * num_gallery + cand % num_gallery
-        cand = torch.cat([cand, pos_flat[~scan[positives[0]]]]).sort().values
+    match_buckets, matches_in_bucket = torch.unique(pos_bucket, return_counts=True)
+    if bool((hist[match_buckets] > matches_in_bucket).any()):
+        hosts_match = scratch.get('hosts_match', len(hist), torch.bool, device).zero_()
+        hosts_match[match_buckets] = True
+        is_candidate = scratch.mask(len(bucket), device)
+        torch.index_select(hosts_match, 0, bucket, out=is_candidate[:len(bucket)])
+        cand = _flat_nonzero(is_candidate)
+    else:
+        cand = pos_flat  # ascending: rows ascending, columns ascending within a row
     cand_sort_key = (bucket[cand].long() << 32) + _ordered_keys(flat[cand]) + (1 << 31)
     order = torch.argsort(cand_sort_key, stable=True)
     sorted_key = cand_sort_key[order]
     bucket_start = torch.searchsorted(sorted_key, (sorted_key >> 32) << 32)
     before_in_bucket = torch.empty_like(order)
     before_in_bucket[order] = torch.arange(len(order), device=device) - bucket_start
-    in_lower_buckets = before_bucket[pos_bucket] - before_bucket[positives[0] * row_size]
+    row_start = positives[0] * row_size
+    in_lower_buckets = (up_to_bucket[pos_bucket] - hist[pos_bucket]) - (up_to_bucket[row_start] - hist[row_start])
     ranks = 1 + in_lower_buckets + before_in_bucket[torch.searchsorted(cand, pos_flat)]
 
     # Junk (same pid, same camera) was counted like any entry: take it out again, pairing
@@ -281,17 +285,27 @@ def _match_ranks(dist, positives, junk, scratch):
     return ranks - torch.bincount(match[ahead], minlength=len(ranks))
 
 
+def _sample(values, run=256):
+    """Every _SAMPLE_STRIDE-th run of `run` consecutive values (a fraction of the memory
+    traffic of every _SAMPLE_STRIDE-th value, which touches every cache line)."""
+    runs = len(values) // run
+    return values[:runs * run].reshape(runs, run)[::_SAMPLE_STRIDE].reshape(-1)
+
+
 class _Verification:
     """TPR at fixed FPRs over every (query, gallery) pair but junk, streamed block by block.
 
-    Holds every true-match distance, and every negative distance up to a running threshold:
-    the keep-th smallest negative so far, keep = floor(max(fprs) * num_negatives) + 1, so the
-    held ones always include the keep smallest of all. Whenever more than 1.25 * keep are
-    held they are cut back to the keep smallest: memory stays under 1.25 * max(fprs) of the
-    negatives plus one block (48 MB at MSMT17 scale). Early blocks, under a loose threshold,
-    add the most; in all about keep * (1 + ln(1 / max(fprs))) values pass through. This runs
-    in numpy on the CPU, whose comparison is ~3x faster than torch's there and whose
-    partition (introselect) ~15x faster than torch.kthvalue.
+    Holds every true-match distance, and every negative distance up to a running threshold,
+    an upper bound on the keep-th smallest negative so far (keep = floor(max(fprs) *
+    num_negatives) + 1), so the held ones always include the keep smallest of all. When a
+    block would take the held ones over 1.5 * keep, the threshold is first lowered to about
+    the 1.02 * keep-th smallest, estimated from 1/_SAMPLE_STRIDE of the values and kept only
+    if at least keep negatives are indeed at or below it (otherwise they are cut back to the
+    keep smallest, exactly): memory stays under 1.5 * max(fprs) of the negatives plus one
+    block (57 MB at MSMT17 scale). Early blocks, under a loose threshold, add the most; in
+    all about keep * (1 + ln(1 / max(fprs))) values pass through. This runs in numpy on the
+    CPU, whose comparison is ~3x faster than torch's there and whose partition
+    (introselect) ~15x faster than torch.kthvalue.
     """
 
     def __init__(self, fprs, num_negatives):
@@ -299,7 +313,34 @@ class _Verification:
         self.keep = math.floor(max(fprs) * num_negatives) + 1
         self.threshold = math.inf
         self.negatives, self.num_held, self.positives = [], 0, []
-        self.mask = np.empty(0, dtype=bool)
+        self.masks = {}
+
+    def _negatives_up_to(self, threshold, flat, not_negative, name='mask'):
+        """(len(flat),) bool, a view of a reused buffer: the negatives of flat at or below
+        threshold."""
+        if len(self.masks.get(name, ())) < len(flat):
+            self.masks[name] = np.empty(len(flat), dtype=bool)
+        mask = np.less_equal(flat, np.float32(threshold), out=self.masks[name][:len(flat)])
+        mask[not_negative] = False
+        return mask
+
+    def _lower_threshold(self, flat, not_negative, mask):
+        """Lower the threshold to a sampled estimate of the 1.02 * keep-th smallest negative
+        of the held ones and this block's (mask: those at or below the threshold), if it
+        checks out. A partition of a 1/_SAMPLE_STRIDE sample and comparisons cost a fraction
+        of an exact partition of them all. Returns the mask for the threshold now in force."""
+        sample = np.concatenate([_sample(held) for held in self.negatives] + [_sample(flat)[_sample(mask)]])
+        k = math.ceil(1.02 * self.keep / _SAMPLE_STRIDE)
+        if k >= len(sample):
+            return mask
+        estimate = np.partition(sample, k)[k]
+        held = [values[values <= estimate] for values in self.negatives]
+        lower = self._negatives_up_to(estimate, flat, not_negative, 'lower_mask')
+        num_held = sum(map(len, held))
+        if num_held + np.count_nonzero(lower) < self.keep:
+            return mask
+        self.threshold, self.negatives, self.num_held = float(estimate), held, num_held
+        return lower
 
     def add(self, flat, positives, junk, num_gallery):
         """flat: (B * num_gallery,) float32 distances of a block; positives, junk: (rows, cols)."""
@@ -307,13 +348,12 @@ class _Verification:
         pos_flat = (positives[0] * num_gallery + positives[1]).cpu().numpy()
         not_negative = np.concatenate([pos_flat, (junk[0] * num_gallery + junk[1]).cpu().numpy()])
         self.positives.append(flat[pos_flat])
-        if len(self.mask) < len(flat):
-            self.mask = np.empty(len(flat), dtype=bool)
-        mask = np.less_equal(flat, np.float32(self.threshold), out=self.mask[:len(flat)])
-        mask[not_negative] = False
+        mask = self._negatives_up_to(self.threshold, flat, not_negative)
+        if 2 * (self.num_held + np.count_nonzero(mask)) > 3 * self.keep and self.keep >= 64 * _SAMPLE_STRIDE:
+            mask = self._lower_threshold(flat, not_negative, mask)
         self.negatives.append(np.compress(mask, flat))
         self.num_held += len(self.negatives[-1])
-        if 4 * self.num_held > 5 * self.keep:  # more than 1.25 * keep
+        if 2 * self.num_held > 3 * self.keep:  # the estimate did not check out
             # Keep the keep smallest: any dropped value is >= all of them, so it is not among
             # the keep smallest of all either (ties at the threshold included).
             held = np.partition(np.concatenate(self.negatives), self.keep - 1)[:self.keep]
@@ -356,6 +396,24 @@ def _block_stats(dist, q_pids, q_camids, gallery, scratch, verification):
             (num_pos.double() / last_hit).cpu())
 
 
+@contextlib.contextmanager
+def _one_cpu_thread(device):
+    """Run the ranking of a block on one CPU thread, then give torch its threads back. Its
+    passes are memory-bound and its histogram serial, so more threads gain little, while
+    each parallel op waits for all of them at a barrier: on a machine whose cores are busy
+    with other work that made ranking 5-10x slower (benchmarks/bench_eval.py; the distances,
+    a matmul, keep every thread)."""
+    threads = torch.get_num_threads()
+    if device.type != 'cpu' or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def evaluate_blocks(dist_blocks, q_pids, g_pids, q_camids, g_camids, max_rank=50, verbose=True,
                     fprs=VERIFICATION_FPRS):
     """CMC, mAP, mINP and verification figures from distances given as row blocks.
@@ -396,8 +454,9 @@ def evaluate_blocks(dist_blocks, q_pids, g_pids, q_camids, g_camids, max_rank=50
         step = default_block_size(num_gallery)
         for offset in range(0, block.shape[0], step):
             rows = slice(start + offset, start + min(offset + step, block.shape[0]))
-            stats = _block_stats(block[offset:offset + step], q_pids[rows].to(block.device),
-                                 q_camids[rows].to(block.device), gallery, scratch, verification)
+            with _one_cpu_thread(block.device):
+                stats = _block_stats(block[offset:offset + step], q_pids[rows].to(block.device),
+                                     q_camids[rows].to(block.device), gallery, scratch, verification)
             num_pos[rows], first_hit[rows], ap[rows], inp[rows] = stats
     if (num_pos < 0).any():
         raise ValueError('the distance blocks do not cover every query')

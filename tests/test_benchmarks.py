@@ -1,10 +1,12 @@
 """The training-throughput benchmark runs and prints every kind of row (tiny sizes: a smoke
 test that keeps the script working, not a measurement); the BoxMOT check explains itself without BoxMOT."""
 import re
+import sys
 
+import numpy as np
 import pytest
 
-from conftest import run_script
+from conftest import REPO, run_script
 
 
 def test_bench_train_prints_every_row():
@@ -30,3 +32,25 @@ def test_check_boxmot_says_how_to_install_boxmot(tmp_path):
         pass
     result = run_script('benchmarks/check_boxmot.py', '--resume', tmp_path / 'none.pth.tar', check=False)
     assert result.returncode == 1 and 'pip install "boxmot[onnx]"' in result.stderr
+
+
+def test_bench_eval_feature_cases_and_sort_baseline():
+    """bench_eval's re-ID feature cases are what they say (gallery grouped by identity or
+    shuffled, distractors, same-camera gallery images of each query's identity and true matches
+    on other cameras), and its sort-every-row baseline agrees with the reference evaluator."""
+    sys.path.insert(0, str(REPO / 'benchmarks'))
+    from bench_eval import reid_features, sorted_rows, summary
+    from eval_metrics import squared_euclidean
+    from reference_metrics import reference_evaluate
+    for shuffle in (False, True):
+        qf, gf, q_pids, g_pids, q_camids, g_camids = reid_features(0, 40, 300, 15, 4, dim=16, shuffle=shuffle)
+        assert qf.shape == (40, 16) and gf.shape == (300, 16) and (g_pids == 0).sum() == 45
+        assert (np.diff(g_pids) >= 0).all() != shuffle
+        same_pid = q_pids[:, None] == g_pids[None, :]
+        same_camera = q_camids[:, None] == g_camids[None, :]
+        assert (same_pid & same_camera).any(axis=1).all() and (same_pid & ~same_camera).any(axis=1).all()
+        distmat = squared_euclidean(qf, gf).numpy()
+        cmc, mAP, mINP, _ = reference_evaluate(distmat, q_pids, g_pids, q_camids, g_camids)
+        sort_cmc, sort_mAP, sort_mINP = summary(*sorted_rows(distmat, q_pids, g_pids, q_camids, g_camids, block_rows=7))
+        np.testing.assert_allclose(sort_cmc, cmc, atol=1e-12)
+        assert sort_mAP == pytest.approx(mAP, abs=1e-12) and sort_mINP == pytest.approx(mINP, abs=1e-12)

@@ -64,6 +64,30 @@ def test_ties_break_by_gallery_order():
     assert evaluate(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=4).mAP == pytest.approx(0.5)
 
 
+def test_blocks_with_and_without_shared_buckets_match_reference():
+    """A block where no true match shares its distance bucket with another entry takes the
+    true matches themselves as the only entries to sort exactly (ties among them still by
+    gallery order); one shared bucket anywhere in a block has the whole block scanned. Each
+    row alone and both in one block."""
+    g_pids = np.array([1, 2, 1, 3, 1, 2, 3, 1])
+    g_cams = np.array([1, 1, 1, 1, 1, 0, 1, 0])
+    q_pids, q_cams = np.array([1, 2]), np.array([0, 0])
+    # Query 0 (pid 1, camera 0): g7 is junk. Matches g0 and g2 tie at 0.5, g4 at 0.6, nothing
+    # else in their buckets. Ranked: g3 (0.2), g0, g2, g5 (0.55), g4, g1, g6 -> matches at
+    # ranks 2, 3, 5. Query 1 (pid 2, camera 0): g5 is junk; its one match g1 ties at 0.3 with
+    # g0 before it and g3 after it -> rank 3 (after g2 at 0.1 and g0).
+    distmat = np.array([[0.5, 0.9, 0.5, 0.2, 0.6, 0.55, 1.0, 0.0],
+                        [0.3, 0.3, 0.1, 0.3, 0.9, 0.2, 0.8, 0.7]], np.float32)
+    expected_ap = [(1 / 2 + 2 / 3 + 3 / 5) / 3, 1 / 3]
+    labels = q_pids, g_pids, q_cams, g_cams
+    for rows in ([0], [1], [0, 1]):
+        result = evaluate(distmat[rows], q_pids[rows], g_pids, q_cams[rows], g_cams, max_rank=8, verbose=False)
+        np.testing.assert_allclose(result.ap, np.array(expected_ap)[rows])
+        assert_same(result, reference_evaluate(distmat[rows], q_pids[rows], g_pids, q_cams[rows], g_cams, max_rank=8))
+    blocks = [(1, distmat[1:]), (0, distmat[:1])]
+    assert evaluate_blocks(blocks, *labels, verbose=False).mAP == pytest.approx(np.mean(expected_ap))
+
+
 def test_hand_computed_case():
     distmat = np.array([[0.1, 0.5, 0.3, 0.2, 0.9],
                         [0.4, 0.1, 0.2, 0.8, 0.3]], np.float32)
@@ -123,6 +147,22 @@ def test_blocks_and_features_paths_are_identical():
     assert evaluate_blocks(blocks, *labels, verbose=False).mAP == full.mAP
 
 
+def test_ranking_gives_torch_its_threads_back():
+    """Blocks are ranked on one CPU thread; torch's thread count is restored after, errors too."""
+    distmat = np.array([[0.1, 0.2]], np.float32)
+    labels = np.array([1]), np.array([1, 2]), np.array([0]), np.array([1, 1])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        evaluate(distmat, *labels, verbose=False)
+        assert torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match='NaN'):
+            evaluate(np.array([[0.1, np.nan]], np.float32), *labels)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_squared_euclidean():
     torch.manual_seed(0)
     qf, gf = torch.randn(5, 7, dtype=torch.float64), torch.randn(9, 7, dtype=torch.float64)
@@ -171,6 +211,27 @@ def test_verification_matches_reference():
                     assert tpr == pytest.approx(ref_tpr, abs=1e-12) and threshold == ref_threshold
         checked += 1
     assert checked > 18
+
+
+def test_verification_sampled_threshold_matches_reference():
+    """Enough negatives (max(fprs) * negatives >= 1024) for _Verification to lower its
+    threshold to an estimate from a 1/16 sample: one block and many, continuous and tied
+    distances, and distances where every 16th of a row is tiny, so the estimate from the
+    sample does not check out and the exact cut takes over."""
+    rng = np.random.default_rng(11)
+    nq, ng = 40, 160
+    labels = rng.integers(0, 30, nq), rng.integers(0, 25, ng), rng.integers(0, 3, nq), rng.integers(0, 3, ng)
+    continuous = rng.random((nq, ng)).astype(np.float32)
+    strided = continuous.copy()
+    strided[:, ::16] *= 1e-3
+    fprs = (0.01, 0.3, 0.5)
+    for distmat in (continuous, rng.integers(0, 50, (nq, ng)).astype(np.float32), strided):
+        expected = reference_verification(distmat, *labels, fprs)
+        blocks = [(s, distmat[s:s + 3]) for s in range(0, nq, 3)]
+        for result in (evaluate(distmat, *labels, verbose=False, fprs=fprs),
+                       evaluate_blocks(blocks, *labels, verbose=False, fprs=fprs)):
+            for (_, tpr, threshold), (_, ref_tpr, ref_threshold) in zip(result.verification, expected):
+                assert tpr == pytest.approx(ref_tpr, abs=1e-12) and threshold == ref_threshold
 
 
 def test_verification_threshold_rejects_ties():
