@@ -207,8 +207,12 @@ def build_criterion(args, num_classes, feat_dim):
     return ClusterContrastLoss(args.temperature, args.memory_momentum, hard=args.hard_update)
 
 
-if __name__ == '__main__':
+def main(argv=None):
     parser = get_args_parser()
-    arguments = parser.parse_args()
-    validate(parser, arguments)
-    engine.main(arguments, video=False, loss={'feature'}, build_criterion=build_criterion, unsupervised=PseudoLabels)
+    args = parser.parse_args(argv)
+    validate(parser, args)
+    engine.main(args, video=False, loss={'feature'}, build_criterion=build_criterion, unsupervised=PseudoLabels)
+
+
+if __name__ == '__main__':
+    main()

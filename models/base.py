@@ -189,11 +189,15 @@ class BatchNormGroups(nn.Module):
         image_groups = images.split(self.group)
         camid_groups = camids.split(self.group) if camids is not None else [None] * len(image_groups)
         outputs = [self.module(image_groups[0], camid_groups[0])]
-        kept = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
-        outputs += [self.module(x, c) for x, c in zip(image_groups[1:], camid_groups[1:])]
-        with torch.no_grad():
-            for m, (mean, var, count) in zip(norms, kept):
-                m.running_mean.copy_(mean), m.running_var.copy_(var), m.num_batches_tracked.copy_(count)
+        # The later groups update throwaway copies of the statistics (fresh ones per group: the
+        # graph of each group keeps the tensors its BatchNorms read, which must not change).
+        kept = [(m.running_mean, m.running_var, m.num_batches_tracked) for m in norms]
+        for x, c in zip(image_groups[1:], camid_groups[1:]):
+            for m, stats in zip(norms, kept):
+                m.running_mean, m.running_var, m.num_batches_tracked = (t.clone() for t in stats)
+            outputs.append(self.module(x, c))
+        for m, stats in zip(norms, kept):
+            m.running_mean, m.running_var, m.num_batches_tracked = stats
         if isinstance(outputs[0], tuple):
             return tuple(torch.cat(parts) for parts in zip(*outputs))
         return torch.cat(outputs)

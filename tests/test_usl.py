@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 
 import cluster
+import engine
+import synthetic_data
+import train_img_model_usl
 from losses import ClusterContrastLoss
 from samplers import ClusterSampler
 
@@ -141,3 +144,149 @@ def test_tracklets_are_never_split():
     assert all(len(set(labels[tracklets == t])) == 1 for t in range(200))
     assert report['clusters'] == labels.max() + 1 and report['outliers'] == (labels < 0).sum()
     assert set(report) >= {'neighbours', 'jaccard', 'dbscan'}
+
+
+def reference_memory_update(memory, features, targets, momentum, hard):
+    """The reference's update (clustercontrast/models/cm.py, CM and CM_Hard backward), literally."""
+    memory, features = memory.clone(), F.normalize(features, dim=1)
+    if not hard:
+        for x, y in zip(features, targets.tolist()):
+            memory[y] = momentum * memory[y] + (1 - momentum) * x
+            memory[y] /= memory[y].norm()
+        return memory
+    before = memory.clone()
+    for y in sorted(set(targets.tolist())):
+        candidates = features[targets == y]
+        hardest = candidates[torch.argmin(candidates @ before[y])]
+        memory[y] = memory[y] * momentum + (1 - momentum) * hardest
+        memory[y] /= memory[y].norm()
+    return memory
+
+
+@pytest.mark.parametrize('hard', [False, True])
+def test_cluster_contrast_loss_and_memory_update(hard):
+    g = torch.Generator().manual_seed(0)
+    centers = F.normalize(torch.randn(6, 8, generator=g), dim=1)
+    features = torch.randn(12, 8, generator=g, requires_grad=True)
+    targets = torch.tensor([3, 1, 3, 0, 5, 3, 1, 0, 2, 2, 3, 4])
+    criterion = ClusterContrastLoss(temperature=0.05, momentum=0.1, hard=hard)
+    criterion.set_memory(centers * 3)  # normalised on the way in
+    loss = criterion(features, targets)
+    expected = F.cross_entropy(F.normalize(features, dim=1) @ centers.t() / 0.05, targets)
+    assert torch.allclose(loss, expected)
+    loss.backward()  # the memory update did not disturb the graph
+    expected.backward()
+    torch.testing.assert_close(criterion.memory, reference_memory_update(centers, features.detach(), targets, 0.1, hard))
+    with torch.no_grad():
+        criterion(features, targets)
+    torch.testing.assert_close(criterion.memory, reference_memory_update(centers, features.detach(), targets, 0.1, hard))
+
+
+def test_cluster_sampler_batches():
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1, -1, 2, 2, 2, -1, 3])
+    camids = torch.tensor([0, 0, 1, 2, 3, 3, 3, 3, 3, 0, 1, 2, 1, 0, 4])
+    sampler = ClusterSampler(labels, camids, num_instances=4, iterations=5, batch_size=8, seed=3)
+    sampler.set_epoch(2)
+    order = torch.tensor(list(sampler))
+    assert len(order) == len(sampler) == 40 and list(sampler) == order.tolist()
+    for group in order.view(-1, 4):
+        assert len(set(labels[group].tolist())) == 1 and labels[group[0]] >= 0
+        anchor, others = group[0], group[1:]
+        cluster_cams = set(camids[labels == labels[anchor]].tolist())
+        if len(cluster_cams) > 1:  # cross-camera partners whenever the cluster has another camera
+            assert (camids[others] != camids[anchor]).all()
+    assert Counter(labels[order.view(-1, 4)[:, 0]].tolist()).keys() == {0, 1, 2, 3}
+    halves = [ClusterSampler(labels, camids, 4, 5, 8, num_replicas=2, rank=r, seed=3) for r in (0, 1)]
+    for half in halves:
+        half.set_epoch(2)
+    parts = [torch.tensor(list(h)).view(-1, 4) for h in halves]
+    assert torch.equal(torch.stack(parts, 1).flatten(), order)
+
+
+def test_batchnorm_groups_match_separate_batches():
+    import models
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten())
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, camids=None):
+            return self.net(x)
+    model = Net().train()
+    images = torch.randn(12, 3, 5, 5)
+    grouped = models.BatchNormGroups(model, 4)
+    before = net[1].running_mean.clone()
+    out = grouped(images)
+    after_grouped = net[1].running_mean.clone()
+    out.sum().backward()
+    net[1].running_mean.copy_(before)
+    expected = torch.cat([model(images[:4])] + [model(images[4:8]), model(images[8:])])
+    torch.testing.assert_close(out, expected)
+    net[1].running_mean.copy_(before)
+    model(images[:4])  # only the first group moves the running statistics (DataParallel's device 0)
+    torch.testing.assert_close(after_grouped, net[1].running_mean)
+
+
+@pytest.fixture(scope='module')
+def small_root(tmp_path_factory):
+    """A small generated Market-1501 (16 training identities)."""
+    root = tmp_path_factory.mktemp('usl')
+    synthetic_data.make_market1501(root / 'market1501', num_train_ids=16, num_test_ids=6, images_per_camera=(1, 2),
+                                   cameras_per_id=3, num_distractors=2, num_junk=0, seed=4)
+    return root
+
+
+def usl_flags(root, save_dir, *extra):
+    return ['--root', str(root), '-d', 'market1501', '--height', '64', '--width', '32', '--no-pretrained',
+            '--workers', '0', '-a', 'timm:resnet18', '--train-batch', '16', '--num-instances', '4', '--iters', '3',
+            '--cluster-k1', '8', '--cluster-k2', '3', '--min-samples', '2', '--bn-group', '8', '--print-freq', '1',
+            '--eval-step', '-1', '--save-dir', str(save_dir), *extra]
+
+
+def computed_lines(stdout):
+    """What a run computed, without its timings: losses, pseudo-label counts and scores, results."""
+    lines = []
+    for line in stdout.splitlines():
+        if line.startswith(('Batch', 'mAP', 'Rank-', 'Pseudo labels')):
+            lines.append(re.sub(r'; features.*|\t [\d.]+ img/s.*', '', line))
+    return lines
+
+
+def test_no_label_leak_and_exact_resume(small_root, tmp_path, monkeypatch, capsys):
+    """Permuting the training identities changes nothing (losses, pseudo labels, scores, weights);
+    a run stopped after epoch 1 and resumed (--resume auto: the clustering is recomputed from
+    the weights) repeats the uninterrupted run exactly."""
+    train_img_model_usl.main(usl_flags(small_root, tmp_path / 'a', '--max-epoch', '2'))
+    plain = capsys.readouterr().out
+    assert re.search(r'^Pseudo labels: \d+ clusters, \d+ outliers of 63 images; features [\d.]+ s, neighbours '
+                     r'[\d.]+ s, Jaccard [\d.]+ s, DBSCAN [\d.]+ s$', plain, re.M)
+    assert re.search(r'^Pseudo labels against the identity labels \(printed only\): pairwise precision [\d.]+, '
+                     r'recall [\d.]+, F1 [\d.]+$', plain, re.M)
+    assert re.search(r'^Epoch 2 done: loss [\d.]+, [\d.]+ samples/s, [\d.]+ s$', plain, re.M)
+
+    load = engine.load_datasets
+
+    def permuted(args):
+        train, tests = load(args)
+        shuffle = np.random.default_rng(0).permutation(train.num_train_pids)
+        train.train = [(path, int(shuffle[pid]), camid) for path, pid, camid in train.train]
+        return train, tests
+    monkeypatch.setattr(engine, 'load_datasets', permuted)
+    train_img_model_usl.main(usl_flags(small_root, tmp_path / 'b', '--max-epoch', '2'))
+    shuffled = capsys.readouterr().out
+    train_img_model_usl.main(usl_flags(small_root, tmp_path / 'c', '--max-epoch', '1'))
+    first = capsys.readouterr().out
+    train_img_model_usl.main(usl_flags(small_root, tmp_path / 'c', '--max-epoch', '2', '--resume', 'auto'))
+    second = capsys.readouterr().out
+    assert 'Resuming training from epoch 2' in second
+
+    assert computed_lines(shuffled) == computed_lines(plain)
+    training = [line for line in computed_lines(first) if line.startswith(('Batch', 'Pseudo'))]
+    assert training + computed_lines(second) == computed_lines(plain)
+    weights = [torch.load(tmp_path / d / 'checkpoint_last.pth.tar', weights_only=True)['state_dict'] for d in 'abc']
+    assert not any(k.startswith('classifier.') for k in weights[0])
+    for other in weights[1:]:
+        assert all(torch.equal(weights[0][k], other[k]) for k in weights[0])
