@@ -36,9 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import sparse
+from sklearn.cluster import DBSCAN
 
 import rerank
-from eval_metrics import segments
 
 __all__ = ['k_nearest', 'jaccard_distance', 'dbscan', 'group_features', 'cluster_centers', 'pseudo_labels',
            'pairwise_scores']
@@ -96,29 +96,45 @@ def jaccard_distance(features, k1=30, k2=6, max_distance=1.0, neighbours=None):
     if k2 != 1:
         rows, cols, values = rerank._query_expansion(rows, cols, values, neighbours, k2)
 
-    # Inverted index: for each column k, the rows j with V(j, k) > 0 and their values.
+    # Inverted index of V: for each column k, the rows j with V(j, k) > 0 and their values, as
+    # padded matrices, one per width 2^b holding the columns with 2^(b-1) < count <= 2^b (padding
+    # adds 0 at column 0). Row-gathers of these make the (row, shared column) pairs without
+    # per-element index arithmetic, at most twice the exact pair count.
     by_col = torch.argsort(cols, stable=True)
     col_rows, col_values = rows[by_col], values[by_col]
     col_count = torch.bincount(cols, minlength=num_total)
     col_start = torch.cumsum(col_count, 0) - col_count
+    width_log = torch.ceil(torch.log2(col_count.clamp(min=1).double())).long()
+    slot = torch.zeros(num_total, dtype=torch.int64, device=device)
+    index = {}
+    for b in torch.unique(width_log[col_count > 0]).tolist():
+        columns = torch.nonzero((width_log == b) & (col_count > 0)).flatten()
+        slot[columns] = torch.arange(len(columns), device=device)
+        offsets = torch.arange(2 ** b, device=device)
+        valid = offsets < col_count[columns, None]
+        where = (col_start[columns, None] + offsets).clamp(max=len(col_rows) - 1)
+        index[b] = (torch.where(valid, col_rows[where], 0), torch.where(valid, col_values[where], 0))
     row_ptr = torch.searchsorted(rows, torch.arange(num_total + 1, device=device))
     # Row blocks bounded both by the dense (rows, N) block and by the pairs they gather.
-    row_pairs = rerank._row_sums(col_count[cols], rows, num_total)
-    pair_end = torch.cumsum(row_pairs, 0).cpu()
+    row_pairs = rerank._row_sums((2 ** width_log[cols]).float(), rows, num_total)
+    pair_end = torch.cumsum(row_pairs.double(), 0).cpu()
     step = _block_rows(num_total)
 
     out_rows, out_cols, out_values = [], [], []
     start = 0
     while start < num_total:
-        done = int(pair_end[start - 1]) if start else 0
+        done = float(pair_end[start - 1]) if start else 0.0
         stop = max(start + 1, min(start + step, int(torch.searchsorted(pair_end, done + PAIR_BUDGET, right=True))))
         stop = min(stop, num_total)
         lo, hi = int(row_ptr[start]), int(row_ptr[stop])
         q_rows, q_cols, q_values = rows[lo:hi] - start, cols[lo:hi], values[lo:hi]
-        pair, offset = segments(col_count[q_cols])
-        entry = col_start[q_cols][pair] + offset
+        q_width = width_log[q_cols]
         shared = torch.zeros((stop - start) * num_total, device=device)
-        shared.index_add_(0, q_rows[pair] * num_total + col_rows[entry], torch.minimum(q_values[pair], col_values[entry]))
+        for b, (mat_rows, mat_values) in index.items():
+            chosen = q_width == b
+            at = slot[q_cols[chosen]]
+            shared.index_add_(0, (q_rows[chosen, None] * num_total + mat_rows[at]).flatten(),
+                              torch.minimum(q_values[chosen, None], mat_values[at]).flatten())
         shared = shared.view(stop - start, num_total)
         r, c = torch.nonzero(shared > 0, as_tuple=True)
         s = shared[r, c]
@@ -138,7 +154,6 @@ def jaccard_distance(features, k1=30, k2=6, max_distance=1.0, neighbours=None):
 def dbscan(distance, eps=0.6, min_samples=4):
     """(N,) int64 cluster ids 0..C-1 (-1: outlier) of scikit-learn's DBSCAN on a sparse
     precomputed distance matrix whose absent pairs lie beyond eps (jaccard_distance)."""
-    from sklearn.cluster import DBSCAN
     return DBSCAN(eps=eps, min_samples=min_samples, metric='precomputed').fit_predict(distance).astype(np.int64)
 
 

@@ -243,7 +243,7 @@ def usl_flags(root, save_dir, *extra):
     return ['--root', str(root), '-d', 'market1501', '--height', '64', '--width', '32', '--no-pretrained',
             '--workers', '0', '-a', 'timm:resnet18', '--train-batch', '16', '--num-instances', '4', '--iters', '3',
             '--cluster-k1', '8', '--cluster-k2', '3', '--min-samples', '2', '--bn-group', '8', '--print-freq', '1',
-            '--eval-step', '-1', '--save-dir', str(save_dir), *extra]
+            '--eval-step', '-1', '--save-dir', str(save_dir), *map(str, extra)]
 
 
 def computed_lines(stdout):
@@ -290,3 +290,30 @@ def test_no_label_leak_and_exact_resume(small_root, tmp_path, monkeypatch, capsy
     assert not any(k.startswith('classifier.') for k in weights[0])
     for other in weights[1:]:
         assert all(torch.equal(weights[0][k], other[k]) for k in weights[0])
+
+
+def test_flat_folder_from_a_supervised_checkpoint(small_root, tmp_path, capsys):
+    """Domain adaptation on a flat folder of unlabelled crops: started from another script's
+    checkpoint (its classifier dropped, a fresh optimizer), cameras from the file names; no
+    score is printed (no labels); the supervised scripts refuse such a folder."""
+    flat = tmp_path / 'crops' / 'train'
+    flat.mkdir(parents=True)
+    for image in sorted((small_root / 'market1501' / 'bounding_box_train').iterdir()):
+        (flat / image.name.split('_', 1)[1]).write_bytes(image.read_bytes())  # no identity in the name
+    import models
+    source = models.init_model('timm:resnet18', 5, loss={'xent'}, pretrained=False)
+    torch.save({'state_dict': source.state_dict(), 'epoch': 30, 'optimizer': {}, 'model': {'arch': 'timm:resnet18'}},
+               tmp_path / 'source.pth.tar')
+    flags = usl_flags(tmp_path / 'crops', tmp_path / 'run', '--max-epoch', '1', '--resume', tmp_path / 'source.pth.tar')
+    flags[flags.index('market1501')] = 'image_folder'
+    train_img_model_usl.main(flags)
+    out = capsys.readouterr().out
+    assert "skipped the checkpoint's classifier (classifier.weight, classifier.bias)" in out
+    assert 'training starts from them at epoch 1 with a fresh optimizer' in out
+    assert 'global_pool avg' in out  # the checkpoint's model, not the reference's defaults
+    assert re.search(r'^Pseudo labels: \d+ clusters, \d+ outliers of 63 images', out, re.M)
+    assert 'against the identity labels' not in out and 'no query/gallery folders' in out
+    from conftest import FAST, run_script
+    refused = run_script('train_img_model_xent.py', *FAST, '-d', 'image_folder', '--root', tmp_path / 'crops',
+                         '--save-dir', tmp_path / 'xent', check=False)
+    assert refused.returncode == 1 and 'train_img_model_usl.py' in refused.stderr
