@@ -64,8 +64,9 @@ def k_nearest(features, k):
     return out
 
 
-def _cosine_distance_pairs(features, rows, cols, chunk=1 << 16):
-    """2 - 2 cos of the normalised feature pairs (rows[n], cols[n])."""
+def _cosine_distance_pairs(features, rows, cols, chunk=1 << 13):
+    """2 - 2 cos of the normalised feature pairs (rows[n], cols[n]), `chunk` pairs at a time (each
+    gathers 2 x chunk feature rows: 128 MiB at 2048-d)."""
     out = torch.empty(len(rows), device=features.device)
     for s in range(0, len(rows), chunk):
         a, b = features[rows[s:s + chunk]], features[cols[s:s + chunk]]
@@ -97,26 +98,27 @@ def jaccard_distance(features, k1=30, k2=6, max_distance=1.0, neighbours=None):
         rows, cols, values = rerank._query_expansion(rows, cols, values, neighbours, k2)
 
     # Inverted index of V: for each column k, the rows j with V(j, k) > 0 and their values, as
-    # padded matrices, one per width 2^b holding the columns with 2^(b-1) < count <= 2^b (padding
-    # adds 0 at column 0). Row-gathers of these make the (row, shared column) pairs without
-    # per-element index arithmetic, at most twice the exact pair count.
+    # padded matrices, one per width, a column's count rounded up to a quarter of its power of two
+    # (at most 25% padding; padding adds 0 at column 0). Row-gathers of these make the (row,
+    # shared column) pairs without per-element index arithmetic.
     by_col = torch.argsort(cols, stable=True)
     col_rows, col_values = rows[by_col], values[by_col]
     col_count = torch.bincount(cols, minlength=num_total)
     col_start = torch.cumsum(col_count, 0) - col_count
-    width_log = torch.ceil(torch.log2(col_count.clamp(min=1).double())).long()
+    quantum = 2 ** (torch.log2(col_count.clamp(min=1).double()).floor().long() - 2).clamp(min=0)
+    width = (col_count + quantum - 1) // quantum * quantum
     slot = torch.zeros(num_total, dtype=torch.int64, device=device)
     index = {}
-    for b in torch.unique(width_log[col_count > 0]).tolist():
-        columns = torch.nonzero((width_log == b) & (col_count > 0)).flatten()
+    for w in torch.unique(width[col_count > 0]).tolist():
+        columns = torch.nonzero(width == w).flatten()
         slot[columns] = torch.arange(len(columns), device=device)
-        offsets = torch.arange(2 ** b, device=device)
+        offsets = torch.arange(w, device=device)
         valid = offsets < col_count[columns, None]
         where = (col_start[columns, None] + offsets).clamp(max=len(col_rows) - 1)
-        index[b] = (torch.where(valid, col_rows[where], 0), torch.where(valid, col_values[where], 0))
+        index[w] = (torch.where(valid, col_rows[where], 0), torch.where(valid, col_values[where], 0))
     row_ptr = torch.searchsorted(rows, torch.arange(num_total + 1, device=device))
     # Row blocks bounded both by the dense (rows, N) block and by the pairs they gather.
-    row_pairs = rerank._row_sums((2 ** width_log[cols]).float(), rows, num_total)
+    row_pairs = rerank._row_sums(width[cols].float(), rows, num_total)
     pair_end = torch.cumsum(row_pairs.double(), 0).cpu()
     step = _block_rows(num_total)
 
@@ -128,10 +130,10 @@ def jaccard_distance(features, k1=30, k2=6, max_distance=1.0, neighbours=None):
         stop = min(stop, num_total)
         lo, hi = int(row_ptr[start]), int(row_ptr[stop])
         q_rows, q_cols, q_values = rows[lo:hi] - start, cols[lo:hi], values[lo:hi]
-        q_width = width_log[q_cols]
+        q_width = width[q_cols]
         shared = torch.zeros((stop - start) * num_total, device=device)
-        for b, (mat_rows, mat_values) in index.items():
-            chosen = q_width == b
+        for w, (mat_rows, mat_values) in index.items():
+            chosen = q_width == w
             at = slot[q_cols[chosen]]
             shared.index_add_(0, (q_rows[chosen, None] * num_total + mat_rows[at]).flatten(),
                               torch.minimum(q_values[chosen, None], mat_values[at]).flatten())
