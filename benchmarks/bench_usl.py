@@ -87,9 +87,11 @@ def adaptation(args):
                                            **sizes)
     common = ['--height', '64', '--width', '32', '--no-pretrained', '--workers', '2', '-a', args.arch, '-d',
               'market1501', '--print-freq', '1000']
-    supervised = [*common, '--recipe', 'bot', '--max-epoch', str(args.supervised_epochs), '--train-batch', '32',
-                  '--warmup-epochs', '2', '--milestones', str(args.supervised_epochs * 2 // 3), '--eval-step', '1000',
-                  '--center-loss', '0']
+    # BoT's recipe less what a timm model does not take (last stride 1) and the center loss.
+    supervised = [*common, '--bnneck', '--dist-metric', 'cosine', '--augment', 'pad-crop', '--random-erasing', '0.5',
+                  '--lr', '3.5e-4', '--max-epoch', str(args.supervised_epochs), '--train-batch', '32',
+                  '--lr-scheduler', 'multistep', '--milestones', str(args.supervised_epochs * 2 // 3),
+                  '--eval-step', '1000']
     tic = time.time()
     source = run('train_img_model_xent_htri.py', *supervised, '--root', os.path.join(work, 'A'),
                  '--save-dir', os.path.join(work, 'sup_A'))
