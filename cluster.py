@@ -26,7 +26,7 @@ labels from features, in bounded memory.
    (scikit-learn reads the stored entries as the neighbourhoods).
 
 Memory: no N x N matrix. The neighbour search goes through row blocks of the similarity
-matrix (128 MiB each), V is sparse (tens of entries a row), and the Jaccard distances come
+matrix (64 MiB each), V is sparse (tens of entries a row), and the Jaccard distances come
 from an inverted index of V a row block at a time, keeping only the entries within
 max_distance. Tensors stay on the device of the features.
 """
@@ -43,8 +43,8 @@ import rerank
 __all__ = ['k_nearest', 'jaccard_distance', 'dbscan', 'group_features', 'cluster_centers', 'pseudo_labels',
            'pairwise_scores']
 
-BLOCK_BYTES = 1 << 27  # a (rows, N) float32 working block: 128 MiB
-PAIR_BUDGET = 1 << 23  # (row, shared column) pairs gathered at once in the Jaccard pass
+BLOCK_BYTES = 1 << 26  # a (rows, N) float32 working block: 64 MiB
+PAIR_BUDGET = 1 << 22  # (row, shared column) pairs gathered at once in the Jaccard pass
 
 
 def _block_rows(num_total):
@@ -64,9 +64,9 @@ def k_nearest(features, k):
     return out
 
 
-def _cosine_distance_pairs(features, rows, cols, chunk=1 << 13):
+def _cosine_distance_pairs(features, rows, cols, chunk=1 << 12):
     """2 - 2 cos of the normalised feature pairs (rows[n], cols[n]), `chunk` pairs at a time (each
-    gathers 2 x chunk feature rows: 128 MiB at 2048-d)."""
+    gathers 2 x chunk feature rows: 64 MiB at 2048-d)."""
     out = torch.empty(len(rows), device=features.device)
     for s in range(0, len(rows), chunk):
         a, b = features[rows[s:s + chunk]], features[cols[s:s + chunk]]
@@ -74,15 +74,16 @@ def _cosine_distance_pairs(features, rows, cols, chunk=1 << 13):
     return out
 
 
-def jaccard_distance(features, k1=30, k2=6, max_distance=1.0, neighbours=None):
+def jaccard_distance(features, k1=30, k2=6, max_distance=1.0, neighbours=None, normalize=True):
     """The k-reciprocal Jaccard distances of the module docstring among the rows of (N, D)
-    features (normalised here), as a scipy.sparse CSR (N, N) float32 matrix holding every pair
-    with distance <= max_distance and < 1 (the diagonal included, explicitly, also where it is
-    0); absent pairs have distance 1. neighbours: the (N, >= k1) k_nearest of the normalised
-    features, when already computed."""
+    features, as a scipy.sparse CSR (N, N) float32 matrix holding every pair with distance
+    <= max_distance and < 1 (the diagonal included, explicitly, also where it is 0); absent
+    pairs have distance 1. The features are L2-normalised here (a copy), unless normalize=False
+    says they already are. neighbours: the (N, >= k1) k_nearest of the normalised features,
+    when already computed."""
     if k1 < 1 or not 1 <= k2 <= k1:
         raise ValueError(f'the Jaccard distance needs k1 >= 1 and 1 <= k2 <= k1; got k1={k1}, k2={k2}')
-    x = F.normalize(features.float(), dim=1)
+    x = F.normalize(features.float(), dim=1) if normalize else features
     num_total, device = len(x), x.device
     if num_total < k1:
         raise ValueError(f'k1={k1} neighbours need at least {k1} samples, got {num_total}')
@@ -198,7 +199,7 @@ def pseudo_labels(features, groups=None, k1=30, k2=6, eps=0.6, min_samples=4):
     _sync(x.device)
     report['neighbours'] = time.perf_counter() - tic
     tic = time.perf_counter()
-    distance = jaccard_distance(x, k1, k2, max_distance=eps, neighbours=neighbours)
+    distance = jaccard_distance(x, k1, k2, max_distance=eps, neighbours=neighbours, normalize=False)
     _sync(x.device)
     report['jaccard'] = time.perf_counter() - tic
     tic = time.perf_counter()

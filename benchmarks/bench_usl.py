@@ -85,15 +85,13 @@ def adaptation(args):
         if not os.path.isdir(os.path.join(work, domain, 'market1501')):
             synthetic_data.make_market1501(os.path.join(work, domain, 'market1501'), seed=seed, domain_shift=shift,
                                            **sizes)
-    common = ['--height', '64', '--width', '32', '--no-pretrained', '--workers', '2', '-a', args.arch, '-d',
-              'market1501', '--print-freq', '1000']
-    # BoT's recipe less what a timm model does not take (last stride 1) and the center loss.
-    supervised = [*common, '--bnneck', '--dist-metric', 'cosine', '--augment', 'pad-crop', '--random-erasing', '0.5',
-                  '--lr', '3.5e-4', '--max-epoch', str(args.supervised_epochs), '--train-batch', '32',
-                  '--lr-scheduler', 'multistep', '--milestones', str(args.supervised_epochs * 2 // 3),
-                  '--eval-step', '1000']
+    common = ['--height', str(args.height), '--width', str(args.width), '--no-pretrained', '--workers', '2',
+              '-a', args.arch, '-d', 'market1501', '--print-freq', '1000']
+    # The classic cross-entropy script, which learns from random initialisation in a few epochs.
+    supervised = [*common, '--lr', '1e-3', '--stepsize', '0', '--max-epoch', str(args.supervised_epochs),
+                  '--train-batch', '32', '--eval-step', '1000']
     tic = time.time()
-    source = run('train_img_model_xent_htri.py', *supervised, '--root', os.path.join(work, 'A'),
+    source = run('train_img_model_xent.py', *supervised, '--root', os.path.join(work, 'A'),
                  '--save-dir', os.path.join(work, 'sup_A'))
     checkpoint = os.path.join(work, 'sup_A', 'checkpoint_last.pth.tar')
     direct = run('train_img_model_xent.py', *common, '--root', os.path.join(work, 'B'), '--evaluate', '--resume',
@@ -101,11 +99,12 @@ def adaptation(args):
     adapted = run('train_img_model_usl.py', *common, '--root', os.path.join(work, 'B'), '--resume', checkpoint,
                   '--max-epoch', str(args.usl_epochs), '--train-batch', '64', '--num-instances', '4', '--iters',
                   str(args.iters), '--eval-step', str(args.usl_epochs), '--save-dir', os.path.join(work, 'usl_B'))
-    upper = run('train_img_model_xent_htri.py', *supervised, '--root', os.path.join(work, 'B'),
+    upper = run('train_img_model_xent.py', *supervised, '--root', os.path.join(work, 'B'),
                 '--save-dir', os.path.join(work, 'sup_B'))
     f1 = re.findall(r'^Pseudo labels against .* F1 ([\d.]+)$', adapted, re.M)
     clusters = re.findall(r'^Pseudo labels: (\d+) clusters, (\d+) outliers', adapted, re.M)
-    print(f'domain A -> B ({args.ids} training identities a domain, {args.arch}, 64x32, {time.time() - tic:.0f} s):')
+    print(f'domain A -> B ({args.ids} training identities a domain, {args.arch}, {args.height}x{args.width}, '
+          f'{time.time() - tic:.0f} s):')
     print(f'  supervised on A, tested on A: mAP {results(source)[-1][0]:.1f}%, Rank-1 {results(source)[-1][1]:.1f}%')
     print(f'  direct transfer to B:         mAP {results(direct)[-1][0]:.1f}%, Rank-1 {results(direct)[-1][1]:.1f}%')
     print(f'  adapted on unlabelled B:      mAP {results(adapted)[-1][0]:.1f}%, Rank-1 {results(adapted)[-1][1]:.1f}% '
@@ -123,6 +122,8 @@ def main():
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--ids', type=int, default=60, help='adaptation: identities per domain and split')
     parser.add_argument('--arch', default='timm:resnet18', help='adaptation: the model')
+    parser.add_argument('--height', type=int, default=32, help='adaptation: input height')
+    parser.add_argument('--width', type=int, default=16, help='adaptation: input width')
     parser.add_argument('--supervised-epochs', type=int, default=30)
     parser.add_argument('--usl-epochs', type=int, default=10)
     parser.add_argument('--iters', type=int, default=20, help='adaptation: batches per unsupervised epoch')

@@ -240,7 +240,7 @@ def small_root(tmp_path_factory):
 
 
 def usl_flags(root, save_dir, *extra):
-    return ['--root', str(root), '-d', 'market1501', '--height', '64', '--width', '32', '--no-pretrained',
+    return ['--root', str(root), '-d', 'market1501', '--height', '32', '--width', '16', '--no-pretrained',
             '--workers', '0', '-a', 'timm:resnet18', '--train-batch', '16', '--num-instances', '4', '--iters', '3',
             '--cluster-k1', '8', '--cluster-k2', '3', '--min-samples', '2', '--bn-group', '8', '--print-freq', '1',
             '--eval-step', '-1', '--save-dir', str(save_dir), *map(str, extra)]
@@ -313,7 +313,20 @@ def test_flat_folder_from_a_supervised_checkpoint(small_root, tmp_path, capsys):
     assert 'global_pool avg' in out  # the checkpoint's model, not the reference's defaults
     assert re.search(r'^Pseudo labels: \d+ clusters, \d+ outliers of 63 images', out, re.M)
     assert 'against the identity labels' not in out and 'no query/gallery folders' in out
+    adapted, config = models.from_checkpoint(torch.load(tmp_path / 'run' / 'checkpoint_last.pth.tar', weights_only=True))
+    assert config['num_classes'] == 0 and adapted.classifier is None  # the tools rebuild it from the file alone
+    assert adapted(torch.randn(2, 3, 32, 16)).shape == (2, 512)
     from conftest import FAST, run_script
     refused = run_script('train_img_model_xent.py', *FAST, '-d', 'image_folder', '--root', tmp_path / 'crops',
                          '--save-dir', tmp_path / 'xent', check=False)
     assert refused.returncode == 1 and 'train_img_model_usl.py' in refused.stderr
+
+
+def test_tracklet_keys():
+    paths = ['r/train/t7/0001_c1_f1.jpg', 'r/train/t7/0002_c1_f2.jpg', 'r/train/t9/0003_c2_f1.jpg']
+    assert train_img_model_usl.tracklet_keys(paths, None) is None
+    assert train_img_model_usl.tracklet_keys(paths, 'folder').tolist() == ['r/train/t7', 'r/train/t7', 'r/train/t9']
+    assert train_img_model_usl.tracklet_keys(paths, r'_(c\d)_').tolist() == ['c1', 'c1', 'c2']
+    assert train_img_model_usl.tracklet_keys(paths, r'f\d').tolist() == ['f1', 'f2', 'f1']
+    with pytest.raises(train_img_model_usl.UsageError, match='finds no tracklet id in r/train/t7/0001_c1_f1.jpg'):
+        train_img_model_usl.tracklet_keys(paths, r'_x(\d+)')
