@@ -68,21 +68,24 @@ def random_person(rng):
 
 def random_camera(rng, domain_shift=False):
     """A camera; domain_shift=True draws it from another domain (the B of an adaptation
-    experiment): dim light, a strong blue-green tint, saturated busy backgrounds and smaller
-    persons, where the default domain has near-neutral casts, grey backgrounds and large persons."""
+    experiment): every camera of that domain is dimmer, tinted blue-green, has coloured
+    rather than grey backgrounds and sees persons smaller, on top of the same camera-to-camera
+    variation as the default domain."""
     clutter = []
-    for _ in range(int(rng.integers(3, 7) if domain_shift else rng.integers(1, 4))):
+    background_saturation = (0.3, 0.6) if domain_shift else (0, 0.3)
+    for _ in range(int(rng.integers(1, 4))):
         y0 = int(rng.integers(0, IMG_HEIGHT - 20))
         x0 = int(rng.integers(0, IMG_WIDTH - 10))
         clutter.append((y0, y0 + int(rng.integers(10, 50)), x0, x0 + int(rng.integers(6, 30)),
-                        _colour(rng, saturation=(0.5, 1.0) if domain_shift else (0, 0.4), value=(0.2, 0.8))))
+                        _colour(rng, saturation=(0, 0.4), value=(0.2, 0.8))))
+    camera = Camera(cast=rng.uniform(0.8, 1.2, size=3), light=rng.uniform(0.7, 1.15),
+                    background=(_colour(rng, background_saturation, (0.3, 0.9)),
+                                _colour(rng, background_saturation, (0.2, 0.7))),
+                    clutter=clutter, scale=rng.uniform(0.85, 1.0))
     if domain_shift:
-        return Camera(cast=rng.uniform(0.85, 1.15, size=3) * np.array([0.6, 1.0, 1.4]), light=rng.uniform(0.45, 0.7),
-                      background=(_colour(rng, (0.5, 1.0), (0.4, 0.9)), _colour(rng, (0.5, 1.0), (0.3, 0.8))),
-                      clutter=clutter, scale=rng.uniform(0.6, 0.75))
-    return Camera(cast=rng.uniform(0.8, 1.2, size=3), light=rng.uniform(0.7, 1.15),
-                  background=(_colour(rng, (0, 0.3), (0.3, 0.9)), _colour(rng, (0, 0.3), (0.2, 0.7))),
-                  clutter=clutter, scale=rng.uniform(0.85, 1.0))
+        camera.cast, camera.light, camera.scale = camera.cast * np.array([0.6, 1.0, 1.4]), camera.light * 0.6, \
+            camera.scale * 0.75
+    return camera
 
 
 def render(person, camera, rng, x_shift=0.0, y_shift=0.0, phase=0.0, mirror=False,

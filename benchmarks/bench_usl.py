@@ -91,9 +91,13 @@ def adaptation(args):
     supervised = [*common, '--lr', '1e-3', '--stepsize', '0', '--max-epoch', str(args.supervised_epochs),
                   '--train-batch', '32', '--eval-step', '1000']
     tic = time.time()
-    source = run('train_img_model_xent.py', *supervised, '--root', os.path.join(work, 'A'),
-                 '--save-dir', os.path.join(work, 'sup_A'))
     checkpoint = os.path.join(work, 'sup_A', 'checkpoint_last.pth.tar')
+    if os.path.isfile(checkpoint):  # domain A's model of an earlier run in --work-dir
+        with open(os.path.join(work, 'sup_A', 'log_train.txt')) as f:
+            source = f.read()
+    else:
+        source = run('train_img_model_xent.py', *supervised, '--root', os.path.join(work, 'A'),
+                     '--save-dir', os.path.join(work, 'sup_A'))
     direct = run('train_img_model_xent.py', *common, '--root', os.path.join(work, 'B'), '--evaluate', '--resume',
                  checkpoint, '--save-dir', os.path.join(work, 'direct'))
     adapted = run('train_img_model_usl.py', *common, '--root', os.path.join(work, 'B'), '--resume', checkpoint,
