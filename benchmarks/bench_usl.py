@@ -102,7 +102,8 @@ def adaptation(args):
                  checkpoint, '--save-dir', os.path.join(work, 'direct'))
     adapted = run('train_img_model_usl.py', *common, '--root', os.path.join(work, 'B'), '--resume', checkpoint,
                   '--max-epoch', str(args.usl_epochs), '--train-batch', '64', '--num-instances', '4', '--iters',
-                  str(args.iters), '--eval-step', str(args.usl_epochs), '--save-dir', os.path.join(work, 'usl_B'))
+                  str(args.iters), '--cluster-k1', str(args.cluster_k1), '--cluster-k2', str(args.cluster_k2),
+                  '--eval-step', str(args.usl_epochs), '--save-dir', os.path.join(work, 'usl_B'))
     upper = run('train_img_model_xent.py', *supervised, '--root', os.path.join(work, 'B'),
                 '--save-dir', os.path.join(work, 'sup_B'))
     f1 = re.findall(r'^Pseudo labels against .* F1 ([\d.]+)$', adapted, re.M)
@@ -112,7 +113,8 @@ def adaptation(args):
     print(f'  supervised on A, tested on A: mAP {results(source)[-1][0]:.1f}%, Rank-1 {results(source)[-1][1]:.1f}%')
     print(f'  direct transfer to B:         mAP {results(direct)[-1][0]:.1f}%, Rank-1 {results(direct)[-1][1]:.1f}%')
     print(f'  adapted on unlabelled B:      mAP {results(adapted)[-1][0]:.1f}%, Rank-1 {results(adapted)[-1][1]:.1f}% '
-          f'({args.usl_epochs} epochs of {args.iters} batches)')
+          f'({args.usl_epochs} epochs of {args.iters} batches, --cluster-k1 {args.cluster_k1} --cluster-k2 '
+          f'{args.cluster_k2})')
     print(f'  supervised on B:              mAP {results(upper)[-1][0]:.1f}%, Rank-1 {results(upper)[-1][1]:.1f}%')
     print(f'  pseudo-label pairwise F1 by epoch: {", ".join(f1)}; clusters (outliers): '
           f'{", ".join(f"{c} ({o})" for c, o in clusters)}; true identities: {args.ids}')
@@ -131,6 +133,10 @@ def main():
     parser.add_argument('--supervised-epochs', type=int, default=30)
     parser.add_argument('--usl-epochs', type=int, default=10)
     parser.add_argument('--iters', type=int, default=20, help='adaptation: batches per unsupervised epoch')
+    parser.add_argument('--cluster-k1', type=int, default=10,
+                        help='adaptation: k1 scaled to the generated data (about 6 images an identity, '
+                             'Market-1501 has 17)')
+    parser.add_argument('--cluster-k2', type=int, default=3)
     parser.add_argument('--work-dir', help='adaptation: where the data and runs go (default: a new temporary folder)')
     args = parser.parse_args()
     if args.case == 'adaptation':
