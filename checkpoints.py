@@ -134,15 +134,17 @@ def load_model_weights(model, state_dict):
 
     A 'module.' prefix (saved from DataParallel) is stripped; num_batches_tracked, which old
     PyTorch did not save, may be missing; a classifier of another shape (another number of
-    training identities) is skipped, which is fine for evaluation, where only features count.
-    Anything else that does not match is an error. Returns the names of skipped tensors.
+    training identities), or one on one side only (unsupervised models have none), is skipped,
+    which is fine for evaluation, where only features count. Anything else that does not
+    match is an error. Returns the names of skipped tensors.
     """
     state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()}
     own = model.state_dict()
     skipped = [k for k, v in state_dict.items()
-               if k.startswith('classifier.') and k in own and own[k].shape != v.shape]
+               if k.startswith('classifier.') and (k not in own or own[k].shape != v.shape)]
+    skipped += [k for k in own if k.startswith('classifier.') and k not in state_dict]
     for k in skipped:
-        del state_dict[k]
+        state_dict.pop(k, None)
     mismatched = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
     if mismatched:
         raise CheckpointError(f'tensor shapes differ from the model for {mismatched[:3]} (wrong --arch?)')
@@ -213,7 +215,7 @@ def restore_training_state(checkpoint, model, criterion, optimizer, center_optim
     print(f'Loaded checkpoint {args.resume}' + (f' (epoch {checkpoint["epoch"]})' if 'epoch' in checkpoint else ''))
     if skipped:
         print(f'Note: skipped the checkpoint\'s classifier ({", ".join(skipped)}): it was trained on '
-              f'another number of identities; features, and so evaluation, do not use it')
+              f'another number of identities (or one side has none); features, and so evaluation, do not use it')
     if args.evaluate:
         return start_epoch, best_rank1, best_epoch
     if 'optimizer' not in checkpoint or skipped:

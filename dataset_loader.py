@@ -15,7 +15,7 @@ from samplers import RandomIdentitySampler, ShuffleSampler
 from transforms import build_transforms
 
 __all__ = ['check_train_batch', 'ImageReadError', 'read_image', 'seeded_rng', 'ImageDataset', 'VideoDataset', 'frames_of',
-           'build_train_loader', 'Target', 'build_target', 'load_datasets', 'build_loaders']
+           'build_train_loader', 'Target', 'build_test_loader', 'build_target', 'load_datasets', 'build_loaders']
 
 
 class ImageReadError(OSError):
@@ -144,6 +144,9 @@ def check_train_batch(args, dataset, video, triplet):
     """The training items (frames for video unless --clip-train), once --train-batch is known
     to fit them: divisible among the processes (and into whole identities for P x K batches),
     and no larger than the data. Raises UsageError otherwise, before any model is built."""
+    if not dataset.has_train_ids:
+        raise UsageError(f'the training split of {" + ".join(args.dataset)} has no identity folders (a flat folder '
+                         f'of crops): train on it without labels, with train_img_model_usl.py')
     train_items = dataset.train if not video or args.clip_train else frames_of(dataset.train)
     world_size = distributed.get_world_size()
     if args.train_batch % (world_size * (args.num_instances if triplet else 1)):
@@ -199,29 +202,31 @@ class Target(NamedTuple):
     galleryloader: DataLoader
 
 
-def build_target(args, dataset, video, use_gpu):
-    """Test loaders of a dataset. They draw from their own generator, so testing never moves the
-    training RNG. Under DDP each rank tests on one contiguous range of the query and gallery
-    sets (test gathers them back in order)."""
+def build_test_loader(args, items, video, use_gpu, split):
+    """A test-transform loader over items (query, gallery, or the training split when features
+    of it are wanted). It draws from its own generator, so it never moves the training RNG.
+    Under DDP each rank reads one contiguous range of the items (extract_split gathers them
+    back in order)."""
     _, transform_test = build_transforms(args.height, args.width, resize=args.resize_mode)
     world_size, rank = distributed.get_world_size(), distributed.get_rank()
+    if not video:
+        test_set, batch_size = ImageDataset(items, transform_test, split=split), args.test_batch
+    elif args.test_sample == 'all':  # whole tracklets differ in length: one per batch
+        test_set, batch_size = VideoDataset(items, args.seq_len, 'all', transform_test, split=split), 1
+    else:
+        test_set = VideoDataset(items, args.seq_len, 'evenly', transform_test, split=split)
+        batch_size = args.test_batch
+    if world_size > 1:
+        bounds = [len(test_set) * r // world_size for r in range(world_size + 1)]
+        test_set = Subset(test_set, range(bounds[rank], bounds[rank + 1]))
+    return DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=args.workers,
+                      pin_memory=use_gpu, generator=torch.Generator())
 
-    def test_loader(split):
-        items = getattr(dataset, split)
-        if not video:
-            test_set, batch_size = ImageDataset(items, transform_test, split=split), args.test_batch
-        elif args.test_sample == 'all':  # whole tracklets differ in length: one per batch
-            test_set, batch_size = VideoDataset(items, args.seq_len, 'all', transform_test, split=split), 1
-        else:
-            test_set = VideoDataset(items, args.seq_len, 'evenly', transform_test, split=split)
-            batch_size = args.test_batch
-        if world_size > 1:
-            bounds = [len(test_set) * r // world_size for r in range(world_size + 1)]
-            test_set = Subset(test_set, range(bounds[rank], bounds[rank + 1]))
-        return DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=args.workers,
-                          pin_memory=use_gpu, generator=torch.Generator())
 
-    return Target(dataset, test_loader('query'), test_loader('gallery'))
+def build_target(args, dataset, video, use_gpu):
+    """Test loaders of a dataset's query and gallery splits (build_test_loader)."""
+    return Target(dataset, *(build_test_loader(args, getattr(dataset, split), video, use_gpu, split)
+                             for split in ('query', 'gallery')))
 
 
 def load_datasets(args):
@@ -247,8 +252,9 @@ def load_datasets(args):
     return train_data, test_sets
 
 
-def build_loaders(args, train_data, test_sets, video, triplet, use_gpu):
+def build_loaders(args, train_data, test_sets, video, triplet, use_gpu, train=True):
     """(trainloader, [Target]) of load_datasets' datasets, once args.pixel_mean is known (the
-    random-erasing fill is the mean pixel of the weights' normalisation)."""
-    return (build_train_loader(args, train_data, video, triplet, use_gpu),
+    random-erasing fill is the mean pixel of the weights' normalisation); trainloader None
+    without train (unsupervised training builds one per epoch)."""
+    return (build_train_loader(args, train_data, video, triplet, use_gpu) if train else None,
             [build_target(args, dataset, video, use_gpu) for dataset in test_sets])

@@ -1,7 +1,8 @@
-"""What the four training scripts share: device, train loop, test loop, checkpoints.
+"""What the training scripts share: device, train loop, test loop, checkpoints.
 
 A script chooses image or video data, its loss set and its criterion, and calls main(args, ...);
 its command line comes from options.py, its data loaders from dataset_loader (load_datasets, build_loaders).
+The unsupervised script also passes the step that makes each epoch's pseudo-labelled loader.
 """
 import contextlib
 import datetime
@@ -119,7 +120,8 @@ def frozen_backbone(model, epoch, args):
     if epoch >= args.fixbase_epochs:
         return []
     plain = getattr(model, '_orig_mod', model)  # under torch.compile
-    plain = getattr(plain, 'module', plain)  # under DDP / DataParallel
+    while hasattr(plain, 'module'):  # under DDP / DataParallel / BatchNormGroups
+        plain = plain.module
     trunk = plain.backbone if hasattr(plain, 'backbone') else plain.base
     trunk.eval()
     return list(trunk.parameters())
@@ -168,7 +170,8 @@ def train_one_epoch(epoch, model, criterion, optimizer, center_optimizer, scaler
     memory = ''
     if device.type == 'cuda':
         memory = f', peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB'
-    print(f'Epoch {epoch + 1} done: loss {avg:.6f}, {progress.rate:.1f} samples/s{memory}')
+    print(f'Epoch {epoch + 1} done: loss {avg:.6f}, {progress.rate:.1f} samples/s, '
+          f'{time.time() - progress.start:.1f} s{memory}')
     return avg, progress.rate
 
 
@@ -330,9 +333,14 @@ def print_results(result, title='Results'):
     print('------------------')
 
 
-def main(args, *, video, loss, build_criterion):
+def main(args, *, video, loss, build_criterion, unsupervised=None):
     """Run a script: train (and test every --eval-step epochs) or, with --evaluate, test only.
     Errors the user can fix are printed as one 'error:' line (exit status 1).
+
+    unsupervised: for training without labels, a callable unsupervised(args, train dataset,
+    use_gpu) returning the step whose epoch_loader(epoch, model, criterion, device) gives each
+    epoch's training loader (pseudo labels); the model then has no classifier and the training
+    split's labels are not read here.
 
     Under torchrun every process runs this; rank 0 alone prints, logs and writes checkpoints.
     """
@@ -345,7 +353,7 @@ def main(args, *, video, loss, build_criterion):
         output = contextlib.redirect_stdout(open(os.devnull, 'w'))
     with output:
         try:
-            run(args, video=video, loss=loss, build_criterion=build_criterion)
+            run(args, video=video, loss=loss, build_criterion=build_criterion, unsupervised=unsupervised)
         except (UsageError, data_manager.DatasetError, ImageReadError, checkpoints.CheckpointError,
                 models.PretrainedWeightsError, NonFiniteLossError, NoValidQueryError) as error:
             print(f'error: {error}', file=sys.stderr)
@@ -362,6 +370,8 @@ def wrap_for_training(model, device, args):
     that checkpoints save (plain key names) and tests run."""
     if args.sync_bn and args.distributed:
         model = distributed.convert_sync_batchnorm(model, device)
+    if getattr(args, 'bn_group', 0):
+        model = models.BatchNormGroups(model, args.bn_group)
     if args.distributed:
         # --htri-only leaves the classifier out of the loss: DDP must not wait for its gradient.
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None,
@@ -421,7 +431,7 @@ def build_distillation(args, num_classes, device):
     return DistillationLoss(teacher, args.kd_logit, args.kd_temp, args.kd_relation)
 
 
-def run(args, *, video, loss, build_criterion):
+def run(args, *, video, loss, build_criterion, unsupervised=None):
     start_time = time.time()
     print(f'==========\nArgs:{args}\n==========')
     options.print_recipe(args)
@@ -441,7 +451,11 @@ def run(args, *, video, loss, build_criterion):
 
     print(f'Initializing dataset {" + ".join(args.dataset)}')
     dataset, test_sets = load_datasets(args)
-    check_train_batch(args, dataset, video, 'htri' in loss)  # a bad --train-batch stops before the model is built
+    if unsupervised is None:
+        check_train_batch(args, dataset, video, 'htri' in loss)  # a bad --train-batch stops before the model is built
+        num_classes = dataset.num_train_pids
+    else:
+        unsupervised, num_classes = unsupervised(args, dataset, use_gpu), 0  # no classifier
 
     if args.camera_embedding and not args.num_cameras:
         if dataset.num_train_cams < 2:
@@ -454,13 +468,14 @@ def run(args, *, video, loss, build_criterion):
     print(f'Initializing model: {args.arch}')
     # The center loss and distillation read the features too: the model then returns (logits, features).
     outputs = loss | ({'cent'} if args.center_loss > 0 else set()) | ({'kd'} if args.teacher else set())
-    model = build_model(args, dataset.num_train_pids, outputs)
+    model = build_model(args, num_classes, outputs)
     print(f'Model size: {sum(p.numel() for p in model.parameters()) / 1e6:.5f}M')
-    trainloader, targets = build_loaders(args, dataset, test_sets, video, 'htri' in loss, use_gpu)
-    criterion = build_criterion(args, dataset.num_train_pids, model.feat_dim).to(device)
+    trainloader, targets = build_loaders(args, dataset, test_sets, video, 'htri' in loss, use_gpu,
+                                         train=unsupervised is None)
+    criterion = build_criterion(args, num_classes, model.feat_dim).to(device)
     distillation = None
     if args.teacher and not args.evaluate:
-        distillation = build_distillation(args, dataset.num_train_pids, device)
+        distillation = build_distillation(args, num_classes, device)
     optimizer = solver.build_optimizer(solver.param_groups(model, args.bias_lr_factor), args.optim, args.lr,
                                        args.weight_decay, args.momentum)
     center_optimizer = None
@@ -498,6 +513,8 @@ def run(args, *, video, loss, build_criterion):
         for epoch in range(start_epoch, args.max_epoch):
             lr = scheduler.get_last_lr()[0]
             print(f'==> Epoch {epoch + 1}/{args.max_epoch}  (lr {lr:.2e})')
+            if unsupervised is not None:
+                trainloader = unsupervised.epoch_loader(epoch, model, criterion, device)
             loss, rate = train_one_epoch(epoch, train_model, criterion, optimizer, center_optimizer, scaler,
                                          trainloader, device, args, distillation)
             if args.rank == 0:

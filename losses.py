@@ -1,13 +1,13 @@
 """Re-ID objectives: label-smoothed cross entropy, batch-hard triplet loss and center loss; knowledge
-distillation from a frozen teacher."""
+distillation from a frozen teacher; the cluster-contrast loss of unsupervised training."""
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import distributed
 
-__all__ = ['CrossEntropyLabelSmooth', 'TripletLoss', 'CenterLoss', 'ReIDLoss', 'pairwise_euclidean',
-           'logit_distillation', 'relation_distillation', 'DistillationLoss']
+__all__ = ['CrossEntropyLabelSmooth', 'TripletLoss', 'CenterLoss', 'ReIDLoss', 'ClusterContrastLoss',
+           'pairwise_euclidean', 'logit_distillation', 'relation_distillation', 'DistillationLoss']
 
 
 class CrossEntropyLabelSmooth(nn.Module):
@@ -200,3 +200,69 @@ class DistillationLoss(nn.Module):
                     teacher_features = distributed.all_gather_grad(teacher_features)
                 loss = loss + self.relation_weight * relation_distillation(features, teacher_features)
         return loss
+
+
+class ClusterContrastLoss(nn.Module):
+    """The cluster-contrast loss (Dai et al., "Cluster Contrast for Unsupervised Person
+    Re-Identification", ACCV 2022) against a memory of one feature per cluster.
+
+    loss = cross entropy of normalize(f) @ memory^T / temperature against the pseudo labels,
+    the memory (C, D) holding normalised cluster features (set_memory: the cluster means at
+    the start of an epoch). After each training forward pass the memory moves toward the
+    batch, in the convention of the reference code (clustercontrast/models/cm.py): momentum
+    is the weight of the OLD memory, m <- normalize(momentum * m + (1 - momentum) * f), so the
+    published momentum 0.1 keeps a tenth of the old feature. Each sample updates its cluster
+    in batch order, one after another (a cluster seen K times in a batch is updated K times);
+    with hard=True each cluster of the batch is updated once, by its instance least similar
+    to the memory (the reference's cm_hard). The update reads the memory as the loss saw it
+    and replaces it (no in-place change of a tensor autograd saved).
+
+    Under DistributedDataParallel the update uses the global batch in rank order (features
+    gathered), so every rank keeps the same memory, that of the single-process run; the loss
+    itself is each rank's mean, which DDP's gradient averaging turns into the global mean.
+    features: (B, D), any scale; targets: (B,) cluster ids in 0..C-1.
+    """
+
+    def __init__(self, temperature=0.05, momentum=0.1, hard=False):
+        super().__init__()
+        if temperature <= 0 or not 0 <= momentum <= 1:
+            raise ValueError(f'the cluster-contrast loss needs temperature > 0 and momentum in [0, 1]; '
+                             f'got {temperature}, {momentum}')
+        self.temperature, self.momentum, self.hard = temperature, momentum, hard
+        self.register_buffer('memory', torch.zeros(0, 0))
+        self.center = None  # no parameters of its own (engine's center-loss optimizer: none)
+
+    def set_memory(self, centers):
+        """Start from these (C, D) cluster features (normalised here)."""
+        self.memory = F.normalize(centers.detach().float(), dim=1).to(self.memory.device)
+
+    def forward(self, features, targets):
+        with torch.autocast(features.device.type, enabled=False):
+            features = F.normalize(features.float(), dim=1)
+            loss = F.cross_entropy(features @ self.memory.t() / self.temperature, targets)
+        if torch.is_grad_enabled() and self.training:
+            self.update(distributed.all_gather_grad(features.detach()), distributed.all_gather_grad(targets))
+        return loss
+
+    @torch.no_grad()
+    def update(self, features, targets):
+        """The momentum update of the memory by normalised (B, D) features of clusters targets (B,)."""
+        memory = self.memory.clone()
+        if self.hard:
+            similarity = (features * memory[targets]).sum(dim=1)
+            order = torch.argsort(similarity, stable=True)  # least similar first
+            clusters, inverse = torch.unique(targets[order], return_inverse=True)
+            first = torch.full((len(clusters),), len(order), device=targets.device)
+            first = first.scatter_reduce(0, inverse, torch.arange(len(order), device=targets.device), 'amin')
+            steps = [(clusters, features[order[first]])]
+        else:
+            # The k-th occurrence of each cluster in batch order goes in the k-th round.
+            occurrence = torch.zeros_like(targets)
+            order = torch.argsort(targets, stable=True)
+            _, counts = torch.unique_consecutive(targets[order], return_counts=True)
+            occurrence[order] = torch.arange(len(targets), device=targets.device) - \
+                torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+            steps = [(targets[occurrence == k], features[occurrence == k]) for k in range(int(counts.max()))]
+        for clusters, batch in steps:
+            memory[clusters] = F.normalize(self.momentum * memory[clusters] + (1 - self.momentum) * batch, dim=1)
+        self.memory = memory

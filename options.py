@@ -406,21 +406,23 @@ def _flag_values(args):
 
 
 def resolve_model_config(args, checkpoint=None):
-    """Fill the model flags left unset from the checkpoint's recorded config (or the defaults),
-    in place, and return the list of (flag, value) taken from the checkpoint.
+    """Fill the model flags left unset from the checkpoint's recorded config (or the defaults:
+    args.model_defaults where a script sets them, else models.CONFIG_DEFAULTS), in place, and
+    return the list of (flag, value) taken from the checkpoint.
 
     Raises ValueError when a flag given explicitly contradicts an option that shapes the model
     or its ranking (models.SHAPING_OPTIONS) as the checkpoint records it.
     """
     recorded = models.checkpoint_config(checkpoint) if checkpoint is not None else {}
     authoritative = checkpoint is not None and 'model' in checkpoint
+    defaults = {**models.CONFIG_DEFAULTS, **getattr(args, 'model_defaults', {})}  # a script's own model
     taken = []
     values = _flag_values(args)
     for key, value in values.items():
         if key in ('pixel_mean', 'pixel_std'):
             continue
         if value is None:
-            values[key] = recorded.get(key, models.CONFIG_DEFAULTS[key])
+            values[key] = recorded.get(key, defaults[key])
             if key in recorded:
                 taken.append((key, values[key]))
         elif authoritative and key in models.SHAPING_OPTIONS and value != recorded[key]:

@@ -99,9 +99,12 @@ def _reciprocal(neighbours, k):
     return (nearest[nearest] == own).any(dim=2)
 
 
-def _expanded_sets(neighbours, k1, block=4096):
-    """R*(i) of step 3 as sorted (rows, cols) pairs, rows ascending, no duplicates."""
-    k_half = int(np.around(k1 / 2.0))
+def _expanded_sets(neighbours, k1, block=4096, k_half=None):
+    """R*(i) of step 3 as sorted (rows, cols) pairs, rows ascending, no duplicates: R(i, k1)
+    from the k1 + 1 nearest, R(c, k_half) from the k_half + 1 nearest (k_half: round(k1 / 2)
+    unless given; cluster.py's variant counts its neighbours differently)."""
+    if k_half is None:
+        k_half = int(np.around(k1 / 2.0))
     near, near_half = neighbours[:, :k1 + 1], neighbours[:, :k_half + 1]
     recip, recip_half = _reciprocal(neighbours, k1), _reciprocal(neighbours, k_half)
     size_half = recip_half.sum(dim=1)
@@ -134,6 +137,19 @@ def _merge_duplicates(rows, cols, values, num_total):
     keys, inverse = torch.unique(rows * num_total + cols, return_inverse=True)
     merged = torch.zeros(len(keys), dtype=values.dtype, device=values.device).index_add_(0, inverse, values)
     return keys // num_total, keys % num_total, merged
+
+
+def _query_expansion(rows, cols, values, neighbours, k2):
+    """Step 5 on the sparse V (rows ascending): V(i) <- the mean of V(c) over the k2 nearest c
+    of i (neighbours[i, :k2]), as sorted (rows, cols, values)."""
+    num_total = len(neighbours)
+    row_count = torch.bincount(rows, minlength=num_total)
+    row_start = torch.cumsum(row_count, 0) - row_count
+    owner = torch.arange(num_total, device=rows.device).repeat_interleave(k2)
+    source = neighbours[:, :k2].reshape(-1)
+    pair, offset = segments(row_count[source])
+    entry = row_start[source][pair] + offset
+    return _merge_duplicates(owner[pair], cols[entry], values[entry] / k2, num_total)
 
 
 def check_parameters(k1, k2, lambda_value):
@@ -178,13 +194,7 @@ def re_ranking_blocks(distances, k1=20, k2=6, lambda_value=0.3, block_size=256, 
 
     # 5. Local query expansion: the mean of the V rows of the k2 nearest neighbours.
     if k2 != 1:
-        row_count = torch.bincount(rows, minlength=num_total)
-        row_start = torch.cumsum(row_count, 0) - row_count
-        owner = torch.arange(num_total, device=device).repeat_interleave(k2)
-        source = neighbours[:, :k2].reshape(-1)
-        pair, offset = segments(row_count[source])
-        entry = row_start[source][pair] + offset
-        rows, cols, values = _merge_duplicates(owner[pair], cols[entry], values[entry] / k2, num_total)
+        rows, cols, values = _query_expansion(rows, cols, values, neighbours, k2)
 
     # 6. Inverted index of V over gallery rows: for each column k, the gallery rows j with V(j, k) > 0.
     is_gallery = rows >= num_query

@@ -1,5 +1,6 @@
 """Training samplers, on one process or sharded over DDP ranks: random identities (P x K) for
-triplet training, a plain shuffle otherwise.
+triplet training, random clusters (P x K, across cameras) for unsupervised training, a plain
+shuffle otherwise.
 
 Both compute the epoch's global order from a generator seeded with seed + epoch (set_epoch),
 not from the global RNG: every rank computes the same global sequence whatever else draws
@@ -20,7 +21,7 @@ from collections import defaultdict
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ['EpochSampler', 'RandomIdentitySampler', 'ShuffleSampler']
+__all__ = ['EpochSampler', 'RandomIdentitySampler', 'ClusterSampler', 'ShuffleSampler']
 
 
 class EpochSampler(Sampler):
@@ -116,3 +117,58 @@ class RandomIdentitySampler(EpochSampler):
 
     def epoch_size(self):
         return len(self.pids) * self.num_instances
+
+
+class ClusterSampler(EpochSampler):
+    """P x K batches over pseudo labels, K = num_instances per cluster, by the rule of Cluster
+    Contrast's RandomMultipleGallerySampler: a fixed number of batches per epoch
+    (`iterations` x batch_size indices), K instances of a cluster taken across cameras.
+
+    labels: (N,) cluster id of each dataset index, -1 for an outlier (never drawn); camids (N,).
+    A pass visits every cluster once, in random order: an anchor drawn among its members, then
+    K - 1 more drawn from the members seen by another camera than the anchor, if there are any,
+    else from the other members (without replacement when there are at least K candidates,
+    else with, as the reference draws). A cluster of one repeats its anchor K times (the
+    reference then yields the anchor alone, which shifts the rest of its batches off P x K).
+    Passes follow one another until the epoch is full; batches of whole clusters then stay
+    whole, as batch_size is a multiple of K.
+    """
+
+    def __init__(self, labels, camids, num_instances=16, iterations=200, batch_size=256, num_replicas=1, rank=0,
+                 seed=0, item_seeds=False):
+        if batch_size % (num_instances * num_replicas):
+            raise ValueError(f'batch_size {batch_size} must be a multiple of num_instances x num_replicas '
+                             f'({num_instances} x {num_replicas}) so that every rank gets whole clusters')
+        super().__init__(batch_size, num_replicas, rank, seed, item_seeds)
+        labels, camids = torch.as_tensor(labels), torch.as_tensor(camids)
+        if not (labels >= 0).any():
+            raise ValueError('no cluster to sample from: every sample is an outlier')
+        self.num_instances, self.iterations = num_instances, iterations
+        kept = torch.nonzero(labels >= 0).flatten()
+        order = kept[torch.argsort(labels[kept], stable=True)]
+        _, counts = torch.unique_consecutive(labels[order], return_counts=True)
+        self.members = list(order.split(counts.tolist()))
+        self.cameras = [camids[m] for m in self.members]
+
+    def _draw(self, candidates, generator):
+        k = self.num_instances - 1
+        if len(candidates) >= self.num_instances:
+            return candidates[torch.randperm(len(candidates), generator=generator)[:k]]
+        return candidates[torch.randint(len(candidates), (k,), generator=generator)]
+
+    def epoch_order(self, generator):
+        chosen, total = [], 0
+        while total < self.epoch_size():
+            for cluster in torch.randperm(len(self.members), generator=generator).tolist():
+                members, cameras = self.members[cluster], self.cameras[cluster]
+                anchor = int(torch.randint(len(members), (1,), generator=generator))
+                others = torch.arange(len(members)) != anchor
+                candidates = members[others & (cameras != cameras[anchor])]
+                if not len(candidates):
+                    candidates = members[others] if others.any() else members
+                chosen += [members[anchor:anchor + 1], self._draw(candidates, generator)]
+                total += self.num_instances
+        return torch.cat(chosen)[:self.epoch_size()]
+
+    def epoch_size(self):
+        return self.iterations * self.batch_size

@@ -66,16 +66,26 @@ def random_person(rng):
         height=rng.uniform(0.78, 0.92), girth=rng.uniform(0.32, 0.45))
 
 
-def random_camera(rng):
+def random_camera(rng, domain_shift=False):
+    """A camera; domain_shift=True draws it from another domain (the B of an adaptation
+    experiment): every camera of that domain is dimmer, tinted blue-green, has coloured
+    rather than grey backgrounds and sees persons smaller, on top of the same camera-to-camera
+    variation as the default domain."""
     clutter = []
+    background_saturation = (0.3, 0.6) if domain_shift else (0, 0.3)
     for _ in range(int(rng.integers(1, 4))):
         y0 = int(rng.integers(0, IMG_HEIGHT - 20))
         x0 = int(rng.integers(0, IMG_WIDTH - 10))
         clutter.append((y0, y0 + int(rng.integers(10, 50)), x0, x0 + int(rng.integers(6, 30)),
                         _colour(rng, saturation=(0, 0.4), value=(0.2, 0.8))))
-    return Camera(cast=rng.uniform(0.8, 1.2, size=3), light=rng.uniform(0.7, 1.15),
-                  background=(_colour(rng, (0, 0.3), (0.3, 0.9)), _colour(rng, (0, 0.3), (0.2, 0.7))),
-                  clutter=clutter, scale=rng.uniform(0.85, 1.0))
+    camera = Camera(cast=rng.uniform(0.8, 1.2, size=3), light=rng.uniform(0.7, 1.15),
+                    background=(_colour(rng, background_saturation, (0.3, 0.9)),
+                                _colour(rng, background_saturation, (0.2, 0.7))),
+                    clutter=clutter, scale=rng.uniform(0.85, 1.0))
+    if domain_shift:
+        camera.cast, camera.light, camera.scale = camera.cast * np.array([0.6, 1.0, 1.4]), camera.light * 0.6, \
+            camera.scale * 0.75
+    return camera
 
 
 def render(person, camera, rng, x_shift=0.0, y_shift=0.0, phase=0.0, mirror=False,
@@ -159,15 +169,16 @@ def _identity_views(rng, cameras_per_id, min_cameras):
 
 
 def make_market1501(out_dir, num_train_ids=32, num_test_ids=32, images_per_camera=(2, 4),
-                    cameras_per_id=4, num_distractors=40, num_junk=20, seed=0):
+                    cameras_per_id=4, num_distractors=40, num_junk=20, seed=0, domain_shift=False):
     """Write out_dir/{bounding_box_train,query,bounding_box_test}/ with Market-1501 names.
+    domain_shift: cameras of the other domain (random_camera), for adaptation experiments.
 
     Train and test identities are disjoint, drawn from 1..1500 so train pids have gaps.
     Each test identity is seen by at least two cameras and has one query per camera; every
     other image goes to the gallery, together with distractors (0000_) and junk (-1_).
     """
     rng = np.random.default_rng(seed)
-    cameras = [random_camera(rng) for _ in range(NUM_CAMERAS)]
+    cameras = [random_camera(rng, domain_shift) for _ in range(NUM_CAMERAS)]
     pids = sorted(int(p) + 1 for p in rng.choice(1500, size=num_train_ids + num_test_ids, replace=False))
     order = rng.permutation(len(pids))
     train_pids = sorted(pids[i] for i in order[:num_train_ids])
@@ -605,6 +616,9 @@ def main():
     parser.add_argument('--root', default='data/synthetic',
                         help='writes <root>/<dataset folder>, e.g. <root>/market1501 (default: %(default)s)')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--domain-shift', action='store_true',
+                        help='market1501 only: cameras of another domain (dim, tinted, busy backgrounds, smaller '
+                             'persons), to train on one domain and adapt to the other')
     parser.add_argument('--datasets', nargs='+', choices=list(MAKERS), default=['market1501', 'mars'],
                         help='image_folder and video_folder go to <root>/image_folder and '
                              '<root>/video_folder: pass that folder as --root to train on them')
@@ -618,7 +632,7 @@ def main():
         # Build beside the target and rename, so an interrupted run leaves no half dataset.
         partial = out_dir + '.partial'
         shutil.rmtree(partial, ignore_errors=True)
-        maker(partial, seed=args.seed)
+        maker(partial, seed=args.seed, **({'domain_shift': True} if args.domain_shift and name == 'market1501' else {}))
         os.replace(partial, out_dir)
         print(f'Wrote synthetic {name} to {out_dir}')
 

@@ -62,12 +62,14 @@ class ReidDataset:
     num_train_cams: number of distinct train camids (combine_train offsets by it).
     has_camera_ids: False only for folder datasets without cameras (see folders.py).
     has_test_split: False only for a train-only folder dataset (query == gallery == []).
+    has_train_ids: False only for an unlabelled folder (a flat train/; every train pid 0).
     """
     name = ''          # the -d name
     title = ''         # the name printed in the statistics table
     video = False
     has_camera_ids = True
     has_test_split = True
+    has_train_ids = True
 
     def _finish(self, train, query, gallery, verbose):
         """Store the three splits, count ids and cameras, print the table when verbose."""

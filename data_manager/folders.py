@@ -1,6 +1,7 @@
 """Your own data, no code: image_folder and video_folder datasets, and combine_train.
 
 image_folder:  <root>/{train,query,gallery}/<identity>/[<camera>/]<image>
+               or, unlabelled (train_img_model_usl.py), <root>/train/<image>
 video_folder:  <root>/{train,query,gallery}/<identity>/[<camera>/]<tracklet>/<frames>
 
 Identities are folder names (any string). Camera ids come from, in this order, a <camera>
@@ -49,7 +50,9 @@ class _FolderDataset(ReidDataset):
     evaluator drops gallery entries with the query's pid and camid, hence exactly the very
     same file is never matched and every other gallery entry counts.
     A train-only folder (no query/ and no gallery/) has query == gallery == [] and
-    has_test_split False.
+    has_test_split False. An image_folder whose train/ holds the images themselves, with no
+    identity level, is unlabelled (has_train_ids False, every train pid 0): for unsupervised
+    training, with cameras from camera_pattern only.
     """
     layout = ''
 
@@ -68,6 +71,7 @@ class _FolderDataset(ReidDataset):
                                f'Expected layout:\n{self.layout.replace("<root>", root)}')
         self.has_test_split = len(present) == 3
         samples = {s: self._walk(os.path.join(root, s), min_seq_len) for s in present}
+        self.has_train_ids = samples['train'][0][0] is not None
         cameras = self._cameras(samples, pattern, camera_pattern)
         self.has_camera_ids = cameras is not None
 
@@ -106,7 +110,7 @@ class _FolderDataset(ReidDataset):
             for identity, key, _, _, names in entries:
                 match = next((m for m in map(pattern.search, names) if m), None)
                 if match is None:
-                    missing.append(os.path.join(self.dataset_dir, split, identity, key))
+                    missing.append(os.path.join(self.dataset_dir, split, identity or '', key))
                 else:
                     found[split, key, identity] = match.group(1) if pattern.groups else match.group(0)
         if found and missing:
@@ -125,9 +129,17 @@ class ImageFolder(_FolderDataset):
               '  or <root>/<split>/<identity>/<camera>/<image> for camera ids')
 
     def _walk(self, split_dir, min_seq_len):
-        """[(identity, key, img_path, camera folder or None, names to search for a camera token)]."""
+        """[(identity, key, img_path, camera folder or None, names to search for a camera token)];
+        identity None for the images of a flat (unlabelled) train/."""
+        identities, flat = _listing(split_dir)
+        if flat:
+            if identities or os.path.basename(split_dir) != 'train':
+                raise DatasetError(f'{split_dir} holds images directly{" and folders" if identities else ""}: only '
+                                   f'train/ may be a flat folder of unlabelled crops (for train_img_model_usl.py); '
+                                   f'query/ and gallery/ need <identity>/ folders')
+            return [(None, name, os.path.join(split_dir, name), None, (name,)) for name in flat]
         entries = []
-        for identity in _listing(split_dir)[0]:
+        for identity in identities:
             identity_dir = os.path.join(split_dir, identity)
             dirs, images = _listing(identity_dir)
             if dirs and images:
@@ -199,6 +211,7 @@ class CombinedDataset(ReidDataset):
         self.video = datasets[0].video
         self.name = self.title = '+'.join(d.name for d in datasets)
         self.has_camera_ids = all(d.has_camera_ids for d in datasets)
+        self.has_train_ids = all(d.has_train_ids for d in datasets)
         train, pid_offset, cam_offset = [], 0, 0
         for d in datasets:
             cams = {c: i for i, c in enumerate(sorted({c for _, _, c in d.train}))}

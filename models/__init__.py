@@ -4,7 +4,7 @@ model as a frozen distillation teacher (load_teacher)."""
 import weights
 from transforms import IMAGENET_MEAN, IMAGENET_STD
 
-from .base import GLOBAL_POOLS, PretrainedWeightsError, ReIDModel, TestFeatureNet, temporal_pool
+from .base import GLOBAL_POOLS, BatchNormGroups, PretrainedWeightsError, ReIDModel, TestFeatureNet, temporal_pool
 from .densenet import DenseNet121
 from .osnet import OSNET_ARCHS
 from .resnet import ResNet50, ResNet50M
@@ -14,7 +14,7 @@ from .teacher import FrozenTeacher, load_teacher
 from .timm_net import TimmNet, is_timm_arch, timm_model_name
 from .vit import VIT_ARCHS, VisionTransformer
 
-__all__ = ['init_model', 'get_names', 'check_arch', 'is_transformer', 'ReIDModel', 'TestFeatureNet',
+__all__ = ['init_model', 'get_names', 'check_arch', 'is_transformer', 'ReIDModel', 'TestFeatureNet', 'BatchNormGroups',
            'PretrainedWeightsError', 'temporal_pool', 'CONFIG_DEFAULTS', 'SHAPING_OPTIONS', 'GLOBAL_POOLS',
            'VIT_ARCHS', 'SWIN_ARCHS', 'OSNET_ARCHS', 'checkpoint_config', 'from_checkpoint', 'FrozenTeacher',
            'load_teacher']
@@ -153,7 +153,7 @@ def checkpoint_config(checkpoint):
                        if k in old_args})
         config['arch'] = checkpoint.get('arch') or _infer_arch(checkpoint['state_dict'])
     classifier = {k.removeprefix('module.'): v for k, v in checkpoint['state_dict'].items()}.get('classifier.weight')
-    config['num_classes'] = classifier.shape[0] if classifier is not None else 1
+    config['num_classes'] = classifier.shape[0] if classifier is not None else 0  # 0: no classifier
     return config
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ['ReIDModel', 'TestFeatureNet', 'PretrainedWeightsError', 'temporal_pool', 'imagenet_backbone',
+__all__ = ['ReIDModel', 'TestFeatureNet', 'BatchNormGroups', 'PretrainedWeightsError', 'temporal_pool', 'imagenet_backbone',
            'GeneralizedMeanPooling', 'make_global_pool', 'GLOBAL_POOLS']
 
 NECKS = ('none', 'bnneck')
@@ -84,14 +84,17 @@ class ReIDModel(nn.Module):
       train mode, loss {'xent'}:    logits, (B, num_classes)
       train mode, any other loss:   (logits, f), for the metric losses ('htri', 'cent') and
                                     distillation ('kd': losses.DistillationLoss)
+      train mode, loss {'feature'}: the test feature, (B, feat_dim) (unsupervised training,
+                                    with num_classes 0: no classifier at all)
     logits_and_test_feature gives a model's logits in eval mode too: a frozen teacher's targets.
     """
 
     def __init__(self, loss, pool='avg', neck='none', neck_feat='after'):
         super().__init__()
         loss = set(loss)
-        if 'xent' not in loss or not loss <= {'xent', 'htri', 'cent', 'kd'}:
-            raise ValueError(f"unsupported loss {sorted(loss)}; use 'xent' with optional 'htri', 'cent' and 'kd'")
+        if loss != {'feature'} and ('xent' not in loss or not loss <= {'xent', 'htri', 'cent', 'kd'}):
+            raise ValueError(f"unsupported loss {sorted(loss)}; use 'xent' with optional 'htri', 'cent' and 'kd', "
+                             f"or 'feature' alone")
         if neck not in NECKS:
             raise ValueError(f'unknown neck {neck!r}; choose from {NECKS}')
         if neck_feat not in NECK_FEATS:
@@ -103,10 +106,14 @@ class ReIDModel(nn.Module):
         self.neck_feat = neck_feat
 
     def build_head(self, feat_dim, num_classes):
+        """The neck and a classifier over num_classes (none when num_classes is 0)."""
         self.feat_dim = feat_dim
         if self.neck == 'bnneck':
             self.bottleneck = nn.BatchNorm1d(feat_dim)
             self.bottleneck.bias.requires_grad_(False)  # no shift: the BN only scales the feature
+        if not num_classes:
+            self.classifier = None
+        elif self.neck == 'bnneck':
             self.classifier = nn.Linear(feat_dim, num_classes, bias=False)
             nn.init.normal_(self.classifier.weight, std=0.001)  # as the BoT reference initialises it
         else:
@@ -124,7 +131,7 @@ class ReIDModel(nn.Module):
         unknown (only models with num_cameras > 0 use them)."""
         f = self.pooled_features(x, camids)
         f_neck = self.bottleneck(f) if self.neck == 'bnneck' else f
-        if not self.training:
+        if not self.training or self.loss == {'feature'}:
             return f_neck if self.neck_feat == 'after' else f
         logits = self.classifier(f_neck)
         if self.loss == {'xent'}:
@@ -175,6 +182,40 @@ class TestFeatureNet(nn.Module):
         if self.flip:
             features = (features + self.model(images.flip(dims=[3]), camids)) / 2
         return F.normalize(features, dim=1) if self.normalize else features
+
+
+class BatchNormGroups(nn.Module):
+    """Training wrapper: the batch goes through `module` in consecutive groups of `group`
+    samples, so every BatchNorm normalises each group by its own statistics, as under
+    DataParallel on batch / group GPUs (the Cluster Contrast reference: 256 on 4 GPUs, groups of
+    64); and, as there, only the first group updates the running statistics (DataParallel's
+    other replicas' updates are lost). Outputs are concatenated in batch order (tuples element
+    by element); in eval mode, or for a batch of at most `group`, it is `module` itself."""
+
+    def __init__(self, module, group):
+        super().__init__()
+        self.module, self.group = module, group
+
+    def forward(self, images, camids=None):
+        if not self.training or len(images) <= self.group:
+            return self.module(images, camids)
+        norms = [m for m in self.module.modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        image_groups = images.split(self.group)
+        camid_groups = camids.split(self.group) if camids is not None else [None] * len(image_groups)
+        outputs = [self.module(image_groups[0], camid_groups[0])]
+        # The later groups update throwaway copies of the statistics (fresh ones per group: the
+        # graph of each group keeps the tensors its BatchNorms read, which must not change).
+        kept = [(m.running_mean, m.running_var, m.num_batches_tracked) for m in norms]
+        for x, c in zip(image_groups[1:], camid_groups[1:]):
+            for m, stats in zip(norms, kept):
+                m.running_mean, m.running_var, m.num_batches_tracked = (t.clone() for t in stats)
+            outputs.append(self.module(x, c))
+        for m, stats in zip(norms, kept):
+            m.running_mean, m.running_var, m.num_batches_tracked = stats
+        if isinstance(outputs[0], tuple):
+            return tuple(torch.cat(parts) for parts in zip(*outputs))
+        return torch.cat(outputs)
 
 
 def imagenet_backbone(builder, weights, pretrained=True, pretrained_path=None, download_timeout=30):
