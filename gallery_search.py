@@ -270,6 +270,24 @@ def _block_topk(scores, k, exact):
     return values, columns
 
 
+def _above_threshold(scores, threshold, scratch, chunk=64):
+    """(rows, columns, values) of the entries of (Q, n) scores above their row's threshold (Q,),
+    in row-major order. The maximum of each run of `chunk` columns is compared first and only the
+    runs above it are looked into: after a few blocks almost none are, and this reads the scores
+    once instead of writing and scanning a (Q, n) mask (2.8x faster at 1000 x 25,600 bf16).
+    scratch: a bool buffer of at least Q x n, used when n is not a multiple of chunk."""
+    num_query, n = scores.shape
+    if n % chunk:
+        mask = torch.gt(scores, threshold[:, None], out=scratch[:scores.numel()].view_as(scores))
+        rows, columns = mask.nonzero(as_tuple=True)
+        return rows, columns, scores[rows, columns]
+    runs = scores.view(num_query, n // chunk, chunk)
+    hot = (runs.amax(dim=2) > threshold[:, None]).nonzero()
+    values = runs.view(-1, chunk).index_select(0, hot[:, 0] * (n // chunk) + hot[:, 1])
+    which, offset = (values > threshold[hot[:, 0], None]).nonzero(as_tuple=True)
+    return hot[which, 0], hot[which, 1] * chunk + offset, values[which, offset]
+
+
 class _Filters:
     """Which (query, gallery) pairs a search removes (at least one filter is set); removed(q, g)
     broadcasts query and gallery index tensors to a bool mask, for a dense block, faiss
@@ -520,12 +538,10 @@ class GallerySearch:
                 # Only entries above the running k-th score can enter (an equal one loses the tie:
                 # the running entries come from earlier blocks, lower indices). After a few
                 # blocks they are few, and far cheaper to collect than a topk of the block.
-                found = None
-                if best.full:
-                    mask = torch.gt(scores, best.threshold.to(out_dtype)[:, None], out=above[:scores.numel()].view_as(scores))
-                    found = mask.nonzero()
-                if found is not None and len(found) <= 2 * len(q) * k:
-                    best.add(found[:, 0], scores[found[:, 0], found[:, 1]].float(), found[:, 1] + first)
+                found = _above_threshold(scores, best.threshold.to(out_dtype), above) if best.full else None
+                if found is not None and len(found[0]) <= 2 * len(q) * k:
+                    rows_found, columns_found, values_found = found
+                    best.add(rows_found, values_found.float(), columns_found + first)
                 else:
                     values, columns = _block_topk(scores, k, exact)
                     columns, order = columns.sort(dim=1)  # gallery order within each row, see _Running
