@@ -56,14 +56,21 @@ def frames_with_people(paths, per_frame=4, num_frames=5, size=(480, 640)):
     return [frame.copy() for _ in range(num_frames)], boxes, crops
 
 
-def compare(reid, checkpoint, frame, boxes, crops):
-    """Print BoxMOT's features of the boxes against FeatureExtractor's of the crops, per resize mode."""
-    boxmot_features = reid(frame, boxes=boxes)
+def our_features(checkpoint, crops):
+    """{resize mode: (N, D) L2-normalised FeatureExtractor features of the BGR crops}."""
+    features = {}
     for mode in RESIZE_MODES:
         ours = FeatureExtractor({**checkpoint, 'model': {**checkpoint['model'], 'resize_mode': mode}})(crops, bgr=True)
-        ours = ours / np.linalg.norm(ours, axis=1, keepdims=True)  # BoxMOT L2-normalises every feature
-        cosine = np.sum(ours * boxmot_features, axis=1)
-        print(f'    FeatureExtractor, resize {mode:<7}: max |diff| {np.abs(ours - boxmot_features).max():.1e}, '
+        features[mode] = ours / np.linalg.norm(ours, axis=1, keepdims=True)  # BoxMOT L2-normalises every feature
+    return features
+
+
+def compare(reid, ours, frame, boxes):
+    """Print BoxMOT's features of the boxes against ours (our_features), per resize mode."""
+    boxmot_features = reid(frame, boxes=boxes)
+    for mode, features in ours.items():
+        cosine = np.sum(features * boxmot_features, axis=1)
+        print(f'    FeatureExtractor, resize {mode:<7}: max |diff| {np.abs(features - boxmot_features).max():.1e}, '
               f'min cosine {cosine.min():.6f}')
 
 
@@ -107,9 +114,10 @@ def main():
             export_onnx.write_boxmot_pt(checkpoint, files[1])
         print(f'{args.resume}: {config["arch"]}, {config["height"]}x{config["width"]}, trained with '
               f'--resize-mode {config["resize_mode"]}')
+        ours = our_features(checkpoint, crops)
         for weights in files:
             print(f'  {os.path.basename(weights)} in BoxMOT\'s ReID runtime (the crops BoxMOT cuts and resizes):')
-            compare(reid_runtime.ReID(weights, device='cpu'), checkpoint, frames[0], boxes, crops)
+            compare(reid_runtime.ReID(weights, device='cpu'), ours, frames[0], boxes)
             for name, verdict in run_trackers(weights, frames, boxes).items():
                 print(f'    {name}: {verdict}')
 
