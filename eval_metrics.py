@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 __all__ = ['ReIDMetrics', 'NoValidQueryError', 'evaluate', 'evaluate_blocks', 'evaluate_features',
-           'format_verification', 'pairwise_distance', 'squared_euclidean', 'default_block_size',
+           'format_verification', 'pairwise_distance', 'Reiterable', 'squared_euclidean', 'default_block_size',
            'VERIFICATION_FPRS', 'METRICS']
 
 VERIFICATION_FPRS = (1e-4, 1e-3, 1e-2)
@@ -295,70 +295,90 @@ def _sample(values, run=256):
 class _Verification:
     """TPR at fixed FPRs over every (query, gallery) pair but junk, streamed block by block.
 
-    Holds every true-match distance, and every negative distance up to a running threshold,
-    an upper bound on the keep-th smallest negative so far (keep = floor(max(fprs) *
-    num_negatives) + 1), so the held ones always include the keep smallest of all. When a
-    block would take the held ones over 1.5 * keep, the threshold is first lowered to about
-    the 1.02 * keep-th smallest, estimated from 1/_SAMPLE_STRIDE of the values and kept only
-    if at least keep negatives are indeed at or below it (otherwise they are cut back to the
-    keep smallest, exactly): memory stays under 1.5 * max(fprs) of the negatives plus one
-    block (57 MB at MSMT17 scale). Early blocks, under a loose threshold, add the most; in
-    all about keep * (1 + ln(1 / max(fprs))) values pass through. This runs in numpy on the
-    CPU, whose comparison is ~3x faster than torch's there and whose partition
-    (introselect) ~15x faster than torch.kthvalue.
+    Holds every true-match distance, and every negative distance at or below a threshold;
+    the result is exact when at least keep = floor(max(fprs) * num_negatives) + 1 negatives
+    are held in the end, as they then include the keep smallest of all.
+    The threshold starts as a guess (guess_from): the 1.3 * max(fprs) quantile of a sample
+    of the first block, so a pass holds about 1.3 * keep negatives and costs one comparison
+    and one sparse copy per distance. Should fewer than keep fall at or below it in the end
+    (the first block was unlike the rest), `complete` is False and the caller counts again
+    with no guess. Without a guess the threshold starts at +inf and is lowered only to proven
+    values: when more than 1.5 * keep are held it falls to about the 1.02 * keep-th smallest
+    held, estimated from 1/_SAMPLE_STRIDE of them and kept only if at least keep are indeed at
+    or below it (otherwise they are cut back to the keep smallest, exactly). The same cut
+    bounds memory after a guess that was too high: under 1.5 * max(fprs) of the negatives
+    plus one block's (57 MB at MSMT17 scale). This runs in numpy on the CPU, whose
+    comparison is ~3x faster than torch's there, whose sparse copy (compress) ~10x faster
+    than torch.masked_select, and whose partition (introselect) ~15x faster than
+    torch.kthvalue.
     """
 
-    def __init__(self, fprs, num_negatives):
+    GUESS_MARGIN = 1.3
+
+    def __init__(self, fprs, num_negatives, guess_from=None):
+        """guess_from: None, or (block, its q_pids, g_pids): a (B, G) block of distances to
+        guess the threshold from, and the pids of its rows and columns."""
         self.fprs, self.num_negatives = fprs, num_negatives
         self.keep = math.floor(max(fprs) * num_negatives) + 1
-        self.threshold = math.inf
+        self.threshold = math.inf if guess_from is None else self._guess(*guess_from)
+        self.proven = self.threshold == math.inf
         self.negatives, self.num_held, self.positives = [], 0, []
-        self.masks = {}
+        self.mask = np.empty(0, dtype=bool)
 
-    def _negatives_up_to(self, threshold, flat, not_negative, name='mask'):
-        """(len(flat),) bool, a view of a reused buffer: the negatives of flat at or below
-        threshold."""
-        if len(self.masks.get(name, ())) < len(flat):
-            self.masks[name] = np.empty(len(flat), dtype=bool)
-        mask = np.less_equal(flat, np.float32(threshold), out=self.masks[name][:len(flat)])
-        mask[not_negative] = False
-        return mask
-
-    def _lower_threshold(self, flat, not_negative, mask):
-        """Lower the threshold to a sampled estimate of the 1.02 * keep-th smallest negative
-        of the held ones and this block's (mask: those at or below the threshold), if it
-        checks out. A partition of a 1/_SAMPLE_STRIDE sample and comparisons cost a fraction
-        of an exact partition of them all. Returns the mask for the threshold now in force."""
-        sample = np.concatenate([_sample(held) for held in self.negatives] + [_sample(flat)[_sample(mask)]])
-        k = math.ceil(1.02 * self.keep / _SAMPLE_STRIDE)
-        if k >= len(sample):
-            return mask
-        estimate = np.partition(sample, k)[k]
-        held = [values[values <= estimate] for values in self.negatives]
-        lower = self._negatives_up_to(estimate, flat, not_negative, 'lower_mask')
-        num_held = sum(map(len, held))
-        if num_held + np.count_nonzero(lower) < self.keep:
-            return mask
-        self.threshold, self.negatives, self.num_held = float(estimate), held, num_held
-        return lower
+    def _guess(self, block, q_pids, g_pids):
+        """The GUESS_MARGIN * max(fprs) quantile of the negatives among ~2^18 distances of a
+        (B, G) block, or +inf when that is too few to trust: up to 1024 evenly spaced rows
+        (rows differ more than columns), each with evenly spaced columns from an offset that
+        differs by row; each value reads one cache line. q_pids: (B,), g_pids: (G,)."""
+        num_rows, num_gallery = min(len(block), 1024), block.shape[1]
+        per_row = min(num_gallery, (1 << 18) // num_rows)
+        stride = num_gallery // per_row
+        rows = torch.linspace(0, len(block) - 1, num_rows, device=block.device).long()
+        offsets = torch.arange(num_rows, device=block.device) * 9973 % stride
+        cols = offsets[:, None] + stride * torch.arange(per_row, device=block.device)
+        negative = q_pids.to(block.device)[rows, None] != g_pids.to(block.device)[cols]
+        sample = block[rows[:, None], cols][negative].to(torch.float32).cpu().numpy()
+        k = math.floor(self.GUESS_MARGIN * max(self.fprs) * len(sample))
+        return float(np.partition(sample, k)[k]) if 64 <= k < len(sample) else math.inf
 
     def add(self, flat, positives, junk, num_gallery):
         """flat: (B * num_gallery,) float32 distances of a block; positives, junk: (rows, cols)."""
         flat = flat.cpu().numpy()
         pos_flat = (positives[0] * num_gallery + positives[1]).cpu().numpy()
-        not_negative = np.concatenate([pos_flat, (junk[0] * num_gallery + junk[1]).cpu().numpy()])
         self.positives.append(flat[pos_flat])
-        mask = self._negatives_up_to(self.threshold, flat, not_negative)
-        if 2 * (self.num_held + np.count_nonzero(mask)) > 3 * self.keep and self.keep >= 64 * _SAMPLE_STRIDE:
-            mask = self._lower_threshold(flat, not_negative, mask)
+        if len(self.mask) < len(flat):
+            self.mask = np.empty(len(flat), dtype=bool)
+        mask = np.less_equal(flat, np.float32(self.threshold), out=self.mask[:len(flat)])
+        mask[pos_flat] = False
+        mask[(junk[0] * num_gallery + junk[1]).cpu().numpy()] = False
         self.negatives.append(np.compress(mask, flat))
         self.num_held += len(self.negatives[-1])
-        if 2 * self.num_held > 3 * self.keep:  # the estimate did not check out
-            # Keep the keep smallest: any dropped value is >= all of them, so it is not among
-            # the keep smallest of all either (ties at the threshold included).
-            held = np.partition(np.concatenate(self.negatives), self.keep - 1)[:self.keep]
-            self.threshold = float(held[-1])
-            self.negatives, self.num_held = [held], self.keep
+        if 2 * self.num_held > 3 * self.keep:
+            self._lower_threshold()
+
+    def _lower_threshold(self):
+        """More than 1.5 * keep negatives are held, so the keep-th smallest of them is a proven
+        threshold: lower it to about the 1.02 * keep-th, estimated from a sample, if that
+        checks out, else cut the held ones back to the keep smallest exactly (any dropped
+        value is >= all of them, so it is not among the keep smallest of all either, ties at
+        the threshold included)."""
+        self.proven = True
+        sample = np.concatenate([_sample(held) for held in self.negatives])
+        k = math.ceil(1.02 * self.keep / _SAMPLE_STRIDE)
+        if self.keep >= 64 * _SAMPLE_STRIDE and k < len(sample):
+            estimate = np.partition(sample, k)[k]
+            held = [values[values <= estimate] for values in self.negatives]
+            num_held = sum(map(len, held))
+            if num_held >= self.keep:
+                self.threshold, self.negatives, self.num_held = float(estimate), held, num_held
+                return
+        held = np.partition(np.concatenate(self.negatives), self.keep - 1)[:self.keep]
+        self.threshold, self.negatives, self.num_held = float(held[-1]), [held], self.keep
+
+    @property
+    def complete(self):
+        """Whether the held negatives include the keep smallest of all (see the class doc)."""
+        return self.proven or self.num_held >= self.keep
 
     def result(self):
         """((fpr, tpr, threshold), ...) for each fpr: see ReIDMetrics.verification."""
@@ -414,12 +434,25 @@ def _one_cpu_thread(device):
         torch.set_num_threads(threads)
 
 
+def _sub_blocks(start, block, num_gallery):
+    """(query rows slice, (b, num_gallery) view) for the rows of a (B, num_gallery) block from
+    query index start, in sub-blocks of ~2M distances whatever the caller's block size, so
+    the temporaries and the histograms keep one size."""
+    if block.dim() != 2 or block.shape[1] != num_gallery:
+        raise ValueError(f'distance block of shape {tuple(block.shape)}; expected (B, {num_gallery})')
+    step = default_block_size(num_gallery)
+    for offset in range(0, block.shape[0], step):
+        yield slice(start + offset, start + min(offset + step, block.shape[0])), block[offset:offset + step]
+
+
 def evaluate_blocks(dist_blocks, q_pids, g_pids, q_camids, g_camids, max_rank=50, verbose=True,
                     fprs=VERIFICATION_FPRS):
     """CMC, mAP, mINP and verification figures from distances given as row blocks.
 
     dist_blocks: iterable of (first_query_index, (B, num_gallery) distances), covering every
     query once, in any order; numpy arrays or torch tensors (any device), ranked as float32.
+    When it is not its own iterator (a list, a Reiterable), it may be read a second time for
+    the verification figures (rarely: see _Verification).
     q_pids, q_camids: (num_query,); g_pids, g_camids: (num_gallery,).
     fprs: false positive rates in (0, 1) for ReIDMetrics.verification; () skips it.
     Returns ReIDMetrics(cmc of length min(max_rank, num_gallery), mAP, mINP, num_valid,
@@ -439,24 +472,23 @@ def evaluate_blocks(dist_blocks, q_pids, g_pids, q_camids, g_camids, max_rank=50
     first_hit = torch.zeros(num_query, dtype=torch.int64)
     ap = torch.zeros(num_query, dtype=torch.float64)
     inp = torch.zeros(num_query, dtype=torch.float64)
+    # A list (or any iterable that is not its own iterator) can be read again, so the
+    # verification may guess its threshold and, in the rare case the guess was too tight,
+    # count again; blocks from a generator are counted once, with no guess.
+    readable_again = iter(dist_blocks) is not dist_blocks
     gallery, verification, scratch = None, None, _Scratch()
     for start, block in dist_blocks:
         block = _as_tensor(block)
-        if block.dim() != 2 or block.shape[1] != num_gallery:
-            raise ValueError(f'distance block of shape {tuple(block.shape)}; expected (B, {num_gallery})')
         if gallery is None:
             gallery = _GalleryIndex(g_pids.to(block.device), g_camids.to(block.device))
             num_negatives = num_query * num_gallery - gallery.num_same_pid(q_pids.to(block.device))
             if fprs and num_negatives:
-                verification = _Verification(tuple(fprs), num_negatives)
-        # Rank in sub-blocks of ~2M distances whatever the caller's block size, so the
-        # temporaries and the histograms keep one size.
-        step = default_block_size(num_gallery)
-        for offset in range(0, block.shape[0], step):
-            rows = slice(start + offset, start + min(offset + step, block.shape[0]))
+                guess_from = (block, q_pids[start:start + len(block)], g_pids) if readable_again else None
+                verification = _Verification(tuple(fprs), num_negatives, guess_from)
+        for rows, sub_block in _sub_blocks(start, block, num_gallery):
             with _one_cpu_thread(block.device):
-                stats = _block_stats(block[offset:offset + step], q_pids[rows].to(block.device),
-                                     q_camids[rows].to(block.device), gallery, scratch, verification)
+                stats = _block_stats(sub_block, q_pids[rows].to(block.device), q_camids[rows].to(block.device),
+                                     gallery, scratch, verification)
             num_pos[rows], first_hit[rows], ap[rows], inp[rows] = stats
     if (num_pos < 0).any():
         raise ValueError('the distance blocks do not cover every query')
@@ -475,6 +507,13 @@ def evaluate_blocks(dist_blocks, q_pids, g_pids, q_camids, g_camids, max_rank=50
               f'from another camera and are skipped')
     hits = first_hit[valid]
     cmc = (hits[:, None] <= torch.arange(1, max_rank + 1)[None, :]).double().mean(dim=0)
+    if verification is not None and not verification.complete:
+        verification = _Verification(tuple(fprs), num_negatives)
+        for start, block in dist_blocks:
+            block = _as_tensor(block)
+            for rows, sub_block in _sub_blocks(start, block, num_gallery):
+                positives, junk = gallery.same_pid_pairs(q_pids[rows].to(block.device), q_camids[rows].to(block.device))
+                verification.add(sub_block.to(torch.float32).contiguous().view(-1), positives, junk, num_gallery)
     return ReIDMetrics(cmc.numpy(), float(ap[valid].mean()), float(inp[valid].mean()), num_valid,
                        verification.result() if verification is not None else (),
                        torch.where(valid, ap, float('nan')).numpy())
@@ -484,6 +523,17 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, verbose=T
              fprs=VERIFICATION_FPRS):
     """evaluate_blocks on a full (num_query, num_gallery) distance matrix (numpy or torch)."""
     return evaluate_blocks([(0, distmat)], q_pids, g_pids, q_camids, g_camids, max_rank, verbose, fprs)
+
+
+class Reiterable:
+    """An iterable whose every iteration is a fresh make(), e.g. distance blocks for
+    evaluate_blocks computed from features again if read again."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def __iter__(self):
+        return self.make()
 
 
 def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, max_rank=50, block_size=256,
@@ -498,7 +548,8 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, max_rank=50, b
     memory.
     """
     distance = _distance_to(gf, metric)
-    blocks = ((start, distance(qf[start:start + block_size])) for start in range(0, len(qf), block_size))
+    blocks = Reiterable(lambda: ((start, distance(qf[start:start + block_size]))
+                                  for start in range(0, len(qf), block_size)))
     return evaluate_blocks(blocks, q_pids, g_pids, q_camids, g_camids, max_rank, verbose, fprs)
 
 

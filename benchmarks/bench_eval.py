@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests'))
 from bench_rerank import reset_peak_rss, rss_mib  # noqa: E402
-from eval_metrics import (VERIFICATION_FPRS, evaluate, evaluate_blocks, format_verification,  # noqa: E402
-                          squared_euclidean)
+from eval_metrics import (VERIFICATION_FPRS, Reiterable, evaluate, evaluate_blocks,  # noqa: E402
+                          format_verification, squared_euclidean)
 from reference_metrics import reference_evaluate  # noqa: E402
 
 
@@ -237,7 +237,7 @@ def msmt(fastreid):
             reset_peak_rss()
             rss_before = rss_mib('VmRSS')
             clock = time.perf_counter()
-            result = evaluate_blocks(blocks(baselines), *case_labels, verbose=False, fprs=fprs)
+            result = evaluate_blocks(Reiterable(lambda: blocks(baselines)), *case_labels, verbose=False, fprs=fprs)
             elapsed = time.perf_counter() - clock - (sum(spent.values()) - elsewhere)
             return elapsed, rss_mib() - rss_before, spent['distances'], result
 

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+import eval_metrics
 from eval_metrics import (NoValidQueryError, ReIDMetrics, evaluate, evaluate_blocks, evaluate_features,
                           format_verification, pairwise_distance, squared_euclidean)
 from reference_metrics import reference_evaluate, reference_verification
@@ -232,6 +233,45 @@ def test_verification_sampled_threshold_matches_reference():
                        evaluate_blocks(blocks, *labels, verbose=False, fprs=fprs)):
             for (_, tpr, threshold), (_, ref_tpr, ref_threshold) in zip(result.verification, expected):
                 assert tpr == pytest.approx(ref_tpr, abs=1e-12) and threshold == ref_threshold
+
+
+def test_verification_guessed_threshold_is_exact_whatever_the_first_block(monkeypatch):
+    """The threshold guessed from the first block: right (one pass), too tight because the
+    first block's distances are smaller than the rest (a second, exact pass over the blocks,
+    read again), too loose because they are larger (cut back to a proven threshold), and no
+    guess at all for blocks from a generator, which cannot be read again. Every way, the
+    figures equal the reference's."""
+    made = []
+    original_init = eval_metrics._Verification.__init__
+
+    def recording_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(eval_metrics._Verification, '__init__', recording_init)
+    rng = np.random.default_rng(5)
+    nq, ng = 600, 2000
+    labels = rng.integers(0, 300, nq), rng.integers(0, 300, ng), rng.integers(0, 4, nq), rng.integers(0, 4, ng)
+    fprs = (1e-3, 0.01, 0.05)
+    base = rng.random((nq, ng)).astype(np.float32)
+    for first_block_scale, guessed, passes in ((1.0, True, 1), (0.5, True, 2), (3.0, True, 1)):
+        distmat = base.copy()
+        distmat[:100] *= first_block_scale
+        expected = reference_verification(distmat, *labels, fprs)
+        for blocks, guessed in (([(s, distmat[s:s + 100]) for s in range(0, nq, 100)], guessed),
+                                (((s, distmat[s:s + 100]) for s in range(0, nq, 100)), False)):
+            made.clear()
+            result = evaluate_blocks(blocks, *labels, verbose=False, fprs=fprs)
+            for (_, tpr, threshold), (_, ref_tpr, ref_threshold) in zip(result.verification, expected):
+                assert tpr == pytest.approx(ref_tpr, abs=1e-12) and threshold == ref_threshold
+            assert len(made) == (passes if guessed else 1)
+            assert made[0].proven == (not guessed or first_block_scale > 1)
+    # evaluate_features computes its blocks again when read again, so it may guess.
+    qf, gf = torch.randn(nq, 16), torch.randn(ng, 16)
+    made.clear()
+    result = evaluate_features(qf, gf, *labels, verbose=False, fprs=fprs)
+    assert not made[0].proven
+    assert result.verification == evaluate(pairwise_distance(qf, gf), *labels, verbose=False, fprs=fprs).verification
 
 
 def test_verification_threshold_rejects_ties():
