@@ -39,6 +39,7 @@ from scipy import sparse
 from sklearn.cluster import DBSCAN
 
 import rerank
+from eval_metrics import flat_nonzero
 
 __all__ = ['k_nearest', 'jaccard_distance', 'dbscan', 'group_features', 'cluster_centers', 'pseudo_labels',
            'pairwise_scores']
@@ -52,16 +53,17 @@ def _block_rows(num_total):
 
 
 def k_nearest(features, k):
-    """(N, k) indices of the k most similar rows of each row of (N, D) `features` by inner
-    product (cosine on normalised features), most similar first: a row itself comes first
-    unless an identical row ties with it. One (block, N) product at a time."""
+    """((N, k) indices, (N, k) similarities) of the k most similar rows of each row of (N, D)
+    `features` by inner product (cosine on normalised features), most similar first: a row
+    itself comes first unless an identical row ties with it. One (block, N) product at a time."""
     num_total = len(features)
-    out = torch.empty(num_total, k, dtype=torch.int64, device=features.device)
+    indices = torch.empty(num_total, k, dtype=torch.int64, device=features.device)
+    similarities = torch.empty(num_total, k, device=features.device)
     step = _block_rows(num_total)
     for start in range(0, num_total, step):
         similarity = features[start:start + step] @ features.t()
-        out[start:start + step] = similarity.topk(k, dim=1, sorted=True).indices
-    return out
+        similarities[start:start + step], indices[start:start + step] = similarity.topk(k, dim=1, sorted=True)
+    return indices, similarities
 
 
 def _cosine_distance_pairs(features, rows, cols, chunk=1 << 12):
@@ -74,26 +76,44 @@ def _cosine_distance_pairs(features, rows, cols, chunk=1 << 12):
     return out
 
 
-def jaccard_distance(features, k1=30, k2=6, max_distance=1.0, neighbours=None, normalize=True):
+def _pair_distances(features, rows, cols, nearest):
+    """2 - 2 cos of the normalised feature pairs (rows[n], cols[n]): read from the products of
+    k_nearest where cols[n] is one of rows[n]'s nearest (95% of R*'s pairs at Market size),
+    computed for the others. nearest: k_nearest's (indices, similarities)."""
+    indices, similarities = nearest
+    num_total = len(features)
+    listed, order = torch.sort((torch.arange(num_total, device=features.device)[:, None] * num_total
+                                + indices).flatten())
+    keys = rows * num_total + cols
+    at = torch.searchsorted(listed, keys).clamp_(max=len(listed) - 1)
+    found = listed[at] == keys
+    out = torch.empty(len(rows), device=features.device)
+    out[found] = 2 - 2 * similarities.flatten()[order[at[found]]]
+    missing = ~found
+    out[missing] = _cosine_distance_pairs(features, rows[missing], cols[missing])
+    return out
+
+
+def jaccard_distance(features, k1=30, k2=6, max_distance=1.0, nearest=None, normalize=True):
     """The k-reciprocal Jaccard distances of the module docstring among the rows of (N, D)
     features, as a scipy.sparse CSR (N, N) float32 matrix holding every pair with distance
     <= max_distance and < 1 (the diagonal included, explicitly, also where it is 0); absent
     pairs have distance 1. The features are L2-normalised here (a copy), unless normalize=False
-    says they already are. neighbours: the (N, >= k1) k_nearest of the normalised features,
-    when already computed."""
+    says they already are. nearest: k_nearest(normalised features, k >= k1), when already
+    computed."""
     if k1 < 1 or not 1 <= k2 <= k1:
         raise ValueError(f'the Jaccard distance needs k1 >= 1 and 1 <= k2 <= k1; got k1={k1}, k2={k2}')
     x = F.normalize(features.float(), dim=1) if normalize else features
     num_total, device = len(x), x.device
     if num_total < k1:
         raise ValueError(f'k1={k1} neighbours need at least {k1} samples, got {num_total}')
-    if neighbours is None:
-        neighbours = k_nearest(x, k1)
-    neighbours = neighbours[:, :k1]
+    if nearest is None:
+        nearest = k_nearest(x, k1)
+    neighbours = nearest[0][:, :k1]
 
     # R*(i): R(i, k1) is rerank's R(i, k1 - 1) (k1 samples, i included); R(c, k_half + 1) likewise.
     rows, cols = rerank._expanded_sets(neighbours, k1 - 1, k_half=int(np.around(k1 / 2.0)))
-    weights = torch.exp(-_cosine_distance_pairs(x, rows, cols))
+    weights = torch.exp(-_pair_distances(x, rows, cols, nearest))
     values = weights / rerank._row_sums(weights, rows, num_total)[rows]
     if k2 != 1:
         rows, cols, values = rerank._query_expansion(rows, cols, values, neighbours, k2)
@@ -123,6 +143,11 @@ def jaccard_distance(features, k1=30, k2=6, max_distance=1.0, neighbours=None, n
     pair_end = torch.cumsum(row_pairs.double(), 0).cpu()
     step = _block_rows(num_total)
 
+    # distance <= max_distance < 1 needs s >= 2 (1 - max_distance) / (2 - max_distance): the
+    # pairs above a slightly lower cut are read out of each block, then checked exactly.
+    cut = max(0.0, 2 * (1 - max_distance) / (2 - max_distance) - 1e-4) if max_distance < 1 else 0.0
+    shared_buffer = torch.zeros(step * num_total, device=device)
+    above_buffer = torch.zeros((step * num_total + 7) // 8 * 8, dtype=torch.bool, device=device)
     out_rows, out_cols, out_values = [], [], []
     start = 0
     while start < num_total:
@@ -132,15 +157,18 @@ def jaccard_distance(features, k1=30, k2=6, max_distance=1.0, neighbours=None, n
         lo, hi = int(row_ptr[start]), int(row_ptr[stop])
         q_rows, q_cols, q_values = rows[lo:hi] - start, cols[lo:hi], values[lo:hi]
         q_width = width[q_cols]
-        shared = torch.zeros((stop - start) * num_total, device=device)
+        shared = shared_buffer[:(stop - start) * num_total]
         for w, (mat_rows, mat_values) in index.items():
             chosen = q_width == w
             at = slot[q_cols[chosen]]
             shared.index_add_(0, (q_rows[chosen, None] * num_total + mat_rows[at]).flatten(),
                               torch.minimum(q_values[chosen, None], mat_values[at]).flatten())
-        shared = shared.view(stop - start, num_total)
-        r, c = torch.nonzero(shared > 0, as_tuple=True)
-        s = shared[r, c]
+        above = above_buffer[:(len(shared) + 7) // 8 * 8]
+        torch.gt(shared, cut, out=above[:len(shared)])
+        above[len(shared):] = False
+        at = flat_nonzero(above)
+        r, c, s = at // num_total, at % num_total, shared[at]
+        shared.zero_()
         distance = (1 - s / (2 - s)).clamp_(min=0)
         keep = (distance <= max_distance) & (distance < 1)
         out_rows.append(r[keep] + start)
@@ -195,11 +223,11 @@ def pseudo_labels(features, groups=None, k1=30, k2=6, eps=0.6, min_samples=4):
         raise ValueError(f'{len(x)} samples{" (tracklets)" if groups is not None else ""} to cluster, fewer '
                          f'than --cluster-k1 {k1} neighbours: lower --cluster-k1 or add data')
     tic = time.perf_counter()
-    neighbours = k_nearest(x, k1)
+    nearest = k_nearest(x, k1)
     _sync(x.device)
     report['neighbours'] = time.perf_counter() - tic
     tic = time.perf_counter()
-    distance = jaccard_distance(x, k1, k2, max_distance=eps, neighbours=neighbours, normalize=False)
+    distance = jaccard_distance(x, k1, k2, max_distance=eps, nearest=nearest, normalize=False)
     _sync(x.device)
     report['jaccard'] = time.perf_counter() - tic
     tic = time.perf_counter()

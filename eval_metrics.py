@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 __all__ = ['ReIDMetrics', 'NoValidQueryError', 'evaluate', 'evaluate_blocks', 'evaluate_features',
-           'format_verification', 'pairwise_distance', 'Reiterable', 'squared_euclidean', 'default_block_size',
-           'VERIFICATION_FPRS', 'METRICS']
+           'format_verification', 'pairwise_distance', 'Reiterable', 'flat_nonzero', 'squared_euclidean',
+           'default_block_size', 'VERIFICATION_FPRS', 'METRICS']
 
 VERIFICATION_FPRS = (1e-4, 1e-3, 1e-2)
 METRICS = ('euclidean', 'cosine')
@@ -166,7 +166,7 @@ class _Scratch:
 
     def mask(self, size, device):
         """A bool tensor of length size rounded up to a multiple of 8, False beyond size, for
-        _flat_nonzero (write its first size entries)."""
+        flat_nonzero (write its first size entries)."""
         mask = self.get('mask', (size + 7) // 8 * 8, torch.bool, device)
         mask[size:] = False
         return mask
@@ -223,9 +223,10 @@ def _buckets(dist, rows, pos_dist, num_buckets, scratch):
     return bucket.add_(row_base[:, None]), row_size
 
 
-def _flat_nonzero(padded):
-    """Indices of the True entries of a bool tensor from _Scratch.mask: nonzero runs over
-    64-bit words (8x fewer elements), then only the words with a hit are unpacked."""
+def flat_nonzero(padded):
+    """Indices of the True entries of a 1-D bool tensor whose length is a multiple of 8 (e.g.
+    from _Scratch.mask), ascending: nonzero runs over 64-bit words (8x fewer elements), then
+    only the words with a hit are unpacked."""
     words = padded.view(torch.int64)
     hit = words.nonzero().squeeze(1)
     word, byte = words[hit].view(torch.bool).view(-1, 8).nonzero(as_tuple=True)
@@ -261,7 +262,7 @@ def _match_ranks(dist, positives, junk, scratch):
         hosts_match[match_buckets] = True
         is_candidate = scratch.mask(len(bucket), device)
         torch.index_select(hosts_match, 0, bucket, out=is_candidate[:len(bucket)])
-        cand = _flat_nonzero(is_candidate)
+        cand = flat_nonzero(is_candidate)
     else:
         cand = pos_flat  # ascending: rows ascending, columns ascending within a row
     cand_sort_key = (bucket[cand].long() << 32) + _ordered_keys(flat[cand]) + (1 << 31)

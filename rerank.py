@@ -26,7 +26,7 @@ when the features are there.
 import numpy as np
 import torch
 
-from eval_metrics import segments
+from eval_metrics import flat_nonzero, segments
 
 __all__ = ['re_ranking', 're_ranking_features', 're_ranking_blocks', 'check_parameters']
 
@@ -99,7 +99,7 @@ def _reciprocal(neighbours, k):
     return (nearest[nearest] == own).any(dim=2)
 
 
-def _expanded_sets(neighbours, k1, block=4096, k_half=None):
+def _expanded_sets(neighbours, k1, block_bytes=1 << 26, k_half=None):
     """R*(i) of step 3 as sorted (rows, cols) pairs, rows ascending, no duplicates: R(i, k1)
     from the k1 + 1 nearest, R(c, k_half) from the k_half + 1 nearest (k_half: round(k1 / 2)
     unless given; cluster.py's variant counts its neighbours differently)."""
@@ -109,23 +109,28 @@ def _expanded_sets(neighbours, k1, block=4096, k_half=None):
     recip, recip_half = _reciprocal(neighbours, k1), _reciprocal(neighbours, k_half)
     size_half = recip_half.sum(dim=1)
     num_total = len(neighbours)
-    keys = []
+    width = (num_total + 7) // 8 * 8  # bitmap rows of whole 64-bit words, for flat_nonzero
+    block = max(1, block_bytes // width)
+    all_rows, all_cols = [], []
     for start in range(0, num_total, block):
         rows = slice(start, start + block)
         r_set, r_mask = near[rows], recip[rows]                     # (B, k1+1)
         cand = near_half[r_set]                                     # (B, k1+1, k_half+1): R(c, k/2) of each c
         cand_mask = recip_half[r_set] & r_mask[..., None]
-        in_r = ((cand[..., None] == r_set[:, None, None, :]) & r_mask[:, None, None, :]).any(dim=3)
+        # Membership in R(i, k1) by lookups in a (B, N) bitmap of the block's sets.
+        local = torch.arange(len(r_set), device=neighbours.device)[:, None]
+        member = torch.zeros(len(r_set), width, dtype=torch.bool, device=neighbours.device)
+        member[local, r_set] = r_mask
+        in_r = member[local[..., None], cand]
         overlap = (in_r & cand_mask).sum(dim=2)
         chosen = r_mask & (overlap > 2.0 / 3.0 * size_half[r_set])
-        own = torch.arange(start, start + len(r_set), device=neighbours.device)
-        members = torch.cat([torch.where(r_mask, r_set, -1),
-                             torch.where(cand_mask & chosen[..., None], cand, -1).flatten(1)], dim=1)
-        row_of = own[:, None].expand_as(members)
-        valid = members >= 0
-        keys.append(row_of[valid] * num_total + members[valid])
-    keys = torch.unique(torch.cat(keys))  # sorted: by row, then column
-    return keys // num_total, keys % num_total
+        added = cand_mask & chosen[..., None]
+        member[local[..., None].expand_as(cand)[added], cand[added]] = True
+        # The bitmap's set entries, in order: the (row, col) pairs sorted, without duplicates.
+        at = flat_nonzero(member.view(-1))
+        all_rows.append(at // width + start)
+        all_cols.append(at % width)
+    return torch.cat(all_rows), torch.cat(all_cols)
 
 
 def _row_sums(values, rows, num_rows):
