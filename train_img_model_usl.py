@@ -3,6 +3,8 @@ Started from a checkpoint of another script (--resume), it is unsupervised domai
 
     python train_img_model_usl.py -d market1501 --save-dir log/usl-market1501 --gpu-devices 0
     python train_img_model_usl.py -d image_folder --root my_crops --save-dir log/usl-crops
+    python train_img_model_usl.py -d image_folder --root my_tracks --train-folders cameras --tracklets folder \\
+        --save-dir log/usl-tracks      # my_tracks/train/<camera>/<tracklet>/<image>
     python train_img_model_usl.py -d market1501 --resume log/bot-duke/best_model.pth.tar \\
         --save-dir log/duke2market
 
@@ -22,6 +24,7 @@ L2-normalised (--bnneck, cosine distance), for a fresh model; with --resume, the
 checkpoint's model. The reference ran DataParallel on 4 GPUs, so its BatchNorm layers saw
 groups of 64 images: --bn-group 64 does the same on any number of GPUs (0: the whole batch).
 """
+import os
 import re
 import time
 
@@ -33,6 +36,7 @@ import cluster
 import distributed
 import engine
 import options
+from data_manager.folders import natural_key
 from dataset_loader import ImageDataset, build_test_loader
 from losses import ClusterContrastLoss
 from options import UsageError
@@ -73,6 +77,11 @@ def get_args_parser():
     usl.add_argument('--bn-group', type=int, default=64,
                      help='BatchNorm statistics over groups of this many images of a batch, as the reference\'s '
                           '4-GPU DataParallel; 0: over the whole batch (default: %(default)s)')
+    usl.add_argument('--train-folders', choices=('identities', 'cameras'), default='identities',
+                     help="what the folders of an image_folder's train/ are: 'identities' (image_folder's layout, or "
+                          "a flat train/ of crops, cameras from --camera-pattern); 'cameras': train/<camera>/<image>, "
+                          "or with --tracklets folder train/<camera>/<tracklet>/<image>, camera ids from the folder "
+                          "(default: %(default)s)")
     usl.add_argument('--tracklets', metavar='folder|REGEX',
                      help="crops of one tracklet are clustered as one (their mean feature) and never split: "
                           "'folder': each image's folder is its tracklet (<root>/train/<tracklet>/<image>, read "
@@ -127,6 +136,24 @@ def tracklet_keys(paths, tracklets):
     return np.array(keys)
 
 
+def camera_folder_ids(paths, train_dir, tracklets):
+    """(N,) int64 camera ids of the training images under train_dir laid out as
+    train/<camera>/<image>, or train/<camera>/<tracklet>/<image> with --tracklets folder: one
+    id per camera folder name, in image_folder's order of camera names (numeric names in
+    numeric order, others by name)."""
+    depth = 3 if tracklets == 'folder' else 2
+    layout = 'train/<camera>/<tracklet>/<image>' if tracklets == 'folder' else 'train/<camera>/<image>'
+    names = []
+    for path in paths:
+        parts = os.path.relpath(path, train_dir).split(os.sep)
+        if len(parts) != depth:
+            raise UsageError(f'--train-folders cameras{" with --tracklets folder" if depth == 3 else ""} reads '
+                             f'{layout}, but {path} is not laid out so')
+        names.append(parts[0])
+    cameras = {name: i for i, name in enumerate(sorted(set(names), key=natural_key))}
+    return np.array([cameras[name] for name in names], dtype=np.int64)
+
+
 class PseudoLabels:
     """The clustering step of each epoch (engine.run calls epoch_loader at every epoch start).
 
@@ -143,8 +170,13 @@ class PseudoLabels:
         self.args, self.use_gpu = args, use_gpu
         self.paths = [path for path, _, _ in dataset.train]
         self.camids = torch.tensor([camid for _, _, camid in dataset.train])
+        if args.train_folders == 'cameras':
+            if dataset.name != 'image_folder':
+                raise UsageError(f'--train-folders cameras is for -d image_folder, not {dataset.name}')
+            self.camids = torch.from_numpy(camera_folder_ids(self.paths, os.path.join(dataset.dataset_dir, 'train'),
+                                                             args.tracklets))
         self.truth = None
-        if dataset.has_train_ids and args.tracklets != 'folder':
+        if dataset.has_train_ids and args.tracklets != 'folder' and args.train_folders == 'identities':
             self.truth = np.array([pid for _, pid, _ in dataset.train])
         self.groups = tracklet_keys(self.paths, args.tracklets)
         if args.iters is None:

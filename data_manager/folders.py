@@ -32,7 +32,7 @@ def _listing(path):
     return sorted(dirs), sorted(images)
 
 
-def _natural(name):
+def natural_key(name):
     """Sort key putting numeric names in numeric order (c2 before c10 once the token is '2', '10')."""
     return (0, int(name), '') if name.isdigit() else (1, 0, name)
 
@@ -79,7 +79,7 @@ class _FolderDataset(ReidDataset):
         test = samples.get('query', []) + samples.get('gallery', [])
         test_ids = {name: i for i, name in enumerate(sorted({e[0] for e in test}))}
         if cameras is not None:
-            cam_ids = {c: i for i, c in enumerate(sorted(set(cameras.values()), key=_natural))}
+            cam_ids = {c: i for i, c in enumerate(sorted(set(cameras.values()), key=natural_key))}
         keys = {k: i for i, k in enumerate(sorted({(e[0], e[1]) for e in test}))}
 
         def items(split, pids):

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import cluster
+import data_manager
 import engine
 import synthetic_data
 import train_img_model_usl
@@ -318,6 +320,32 @@ def test_flat_folder_from_a_supervised_checkpoint(small_root, tmp_path, capsys):
     refused = run_script('train_img_model_xent.py', *FAST, '-d', 'image_folder', '--root', tmp_path / 'crops',
                          '--save-dir', tmp_path / 'xent', check=False)
     assert refused.returncode == 1 and 'train_img_model_usl.py' in refused.stderr
+
+
+def test_camera_folders(tmp_path):
+    """--train-folders cameras: train/<camera>/<image>, or train/<camera>/<tracklet>/<image> with
+    --tracklets folder; camera ids in image_folder's order (numbers numerically), no identity
+    read; a wrong layout is named."""
+    image = Image.new('RGB', (16, 32))
+    for relative in ('2/a.jpg', '2/b.jpg', '10/a.jpg', 'c1/c.jpg'):
+        (tmp_path / 'flat' / 'train' / relative).parent.mkdir(parents=True, exist_ok=True)
+        image.save(tmp_path / 'flat' / 'train' / relative)
+    for relative in ('c2/t1/a.jpg', 'c2/t1/b.jpg', 'c2/t3/a.jpg', 'c10/t1/a.jpg'):
+        (tmp_path / 'tracks' / 'train' / relative).parent.mkdir(parents=True, exist_ok=True)
+        image.save(tmp_path / 'tracks' / 'train' / relative)
+    for root, extra, cameras, groups in (('flat', [], {'2': 0, '10': 1, 'c1': 2}, None),
+                                         ('tracks', ['--tracklets', 'folder'], {'c10': 0, 'c2': 1}, 3)):
+        args = train_img_model_usl.get_args_parser().parse_args(
+            ['-d', 'image_folder', '--root', str(tmp_path / root), '--train-folders', 'cameras', '--workers', '0',
+             '--train-batch', '16', '--num-instances', '4', '--resize-mode', 'pil', *extra])
+        dataset = data_manager.init_dataset('image_folder', root=str(tmp_path / root), verbose=False)
+        labels = train_img_model_usl.PseudoLabels(args, dataset, use_gpu=False)
+        assert labels.camids.tolist() == [cameras[path.split('/')[-2 - len(extra) // 2]] for path in labels.paths]
+        assert labels.truth is None
+        assert (len(set(labels.groups.tolist())) if groups else labels.groups) == groups
+    with pytest.raises(train_img_model_usl.UsageError, match=r'reads train/<camera>/<tracklet>/<image>, but .*c1/c.jpg'):
+        train_img_model_usl.camera_folder_ids([str(tmp_path / 'flat' / 'train' / 'c1' / 'c.jpg')],
+                                              str(tmp_path / 'flat' / 'train'), 'folder')
 
 
 def test_tracklet_keys():
