@@ -1,6 +1,8 @@
 """Unsupervised training (Cluster Contrast): the clustering step against literal references, the
 cluster-contrast loss and sampler, and the script: no label leak, exact resume, adaptation."""
 import re
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -290,6 +292,33 @@ def test_no_label_leak_and_exact_resume(small_root, tmp_path, monkeypatch, capsy
                for d in ('split', 'permuted')]
     assert not any(k.startswith('classifier.') for k in weights[0])
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_torchrun_equals_single_process(small_root, tmp_path):
+    """Two CPU processes under torchrun: rank 0 clusters the features both extracted and
+    gathered and sends its labels; each trains on its half of the global batch (BatchNorm groups
+    of 8 either way, the memory moving with the global batch). The pseudo labels, the losses and
+    the weights of an epoch equal the single-process run's (up to float32 rounding, which the
+    next epoch's DBSCAN on 63 images of a barely trained model may already amplify)."""
+    from conftest import REPO
+    flags = usl_flags(small_root, tmp_path / 'ddp', '--max-epoch', '1', '--lr', '1e-3')
+    ddp = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '2',
+                          str(REPO / 'train_img_model_usl.py'), *flags], cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+    assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
+    assert 'Distributed: 2 processes on the CPU (gloo)' in ddp.stdout
+    flags[flags.index('--save-dir') + 1] = str(tmp_path / 'single')
+    single = subprocess.run([sys.executable, str(REPO / 'train_img_model_usl.py'), *flags], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    pseudo = [line for line in computed_lines(single.stdout) if line.startswith('Pseudo')]
+    assert len(pseudo) == 2 and pseudo == [line for line in computed_lines(ddp.stdout) if line.startswith('Pseudo')]
+    losses = [[float(x) for x in re.findall(r'^Batch \d+/3\t Loss ([\d.]+)', run.stdout, re.M)] for run in (single, ddp)]
+    assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], abs=1e-4)
+    weights = [torch.load(tmp_path / d / 'checkpoint_last.pth.tar', weights_only=True)['state_dict']
+               for d in ('single', 'ddp')]
+    for key, value in weights[0].items():
+        assert torch.allclose(value.float(), weights[1][key].float(), rtol=1e-3, atol=1e-4), key
 
 
 def test_flat_folder_from_a_supervised_checkpoint(small_root, tmp_path, capsys):
