@@ -6,9 +6,10 @@ domain-adaptation experiment on generated data.
     python benchmarks/bench_usl.py --case custom --num 5000 --dim 256
     python benchmarks/bench_usl.py --case adaptation    # domain A -> B: direct transfer, adaptation, supervised on B
 
-Clustering rows: the bare (N, D) x (D, N) product, computed in the same run in the same row
-blocks as the neighbour search, is the unit: each stage is reported in seconds and as a
-multiple of it, and the neighbour search as a fraction of the product's rate. Peak RSS
+Clustering rows: the bare (N, D) x (D, N) product, computed in the same run in 64 MiB row
+blocks, is the unit: each stage is reported in seconds and as a multiple of it, and the
+neighbour search as a fraction of the product's rate (the full product's flops over its time:
+it computes only the symmetric matrix's upper triangle, so this passes 100%). Peak RSS
 beyond the features is the kernel's high-water mark (VmHWM), reset before the step. The
 features are clustered around identity centres (about 17 images an identity, as Market-1501),
 as trained features are; random ones would give emptier k-reciprocal sets.
