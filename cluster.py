@@ -143,31 +143,11 @@ def jaccard_distance(features, k1=30, k2=6, max_distance=1.0, nearest=None, norm
     if k2 != 1:
         rows, cols, values = rerank._query_expansion(rows, cols, values, neighbours, k2)
 
-    # Inverted index of V: for each column k, the rows j with V(j, k) > 0 and their values, as
-    # padded matrices, one per width, a column's count rounded up to a quarter of its power of two
-    # (at most 25% padding; padding adds 0 at column 0). Row-gathers of these make the (row,
-    # shared column) pairs without per-element index arithmetic.
-    by_col = torch.argsort(cols, stable=True)
-    col_rows, col_values = rows[by_col], values[by_col]
-    col_count = torch.bincount(cols, minlength=num_total)
-    col_start = torch.cumsum(col_count, 0) - col_count
-    quantum = 2 ** (torch.log2(col_count.clamp(min=1).double()).floor().long() - 2).clamp(min=0)
-    width = (col_count + quantum - 1) // quantum * quantum
-    slot = torch.zeros(num_total, dtype=torch.int64, device=device)
-    index = {}
-    for w in torch.unique(width[col_count > 0]).tolist():
-        columns = torch.nonzero(width == w).flatten()
-        slot[columns] = torch.arange(len(columns), device=device)
-        offsets = torch.arange(w, device=device)
-        valid = offsets < col_count[columns, None]
-        where = (col_start[columns, None] + offsets).clamp(max=len(col_rows) - 1)
-        index[w] = (torch.where(valid, col_rows[where], 0), torch.where(valid, col_values[where], 0))
-    row_ptr = torch.searchsorted(rows, torch.arange(num_total + 1, device=device))
-    # Row blocks bounded both by the dense (rows, N) block and by the pairs they gather.
-    row_pairs = rerank._row_sums(width[cols].float(), rows, num_total)
-    pair_end = torch.cumsum(row_pairs.double(), 0).cpu()
+    # s(i, j) a row block at a time, blocks bounded both by the dense (rows, N) buffer and by
+    # the pairs they gather.
+    overlap = rerank.SharedMass(rows, cols, values, num_total)
+    pair_end = torch.cumsum(overlap.pairs_per_row().double(), 0).cpu()
     step = _block_rows(num_total)
-
     # distance <= max_distance < 1 needs s >= 2 (1 - max_distance) / (2 - max_distance): the
     # pairs above a slightly lower cut are read out of each block, then checked exactly.
     cut = max(0.0, 2 * (1 - max_distance) / (2 - max_distance) - 1e-4) if max_distance < 1 else 0.0
@@ -179,15 +159,7 @@ def jaccard_distance(features, k1=30, k2=6, max_distance=1.0, nearest=None, norm
         done = float(pair_end[start - 1]) if start else 0.0
         stop = max(start + 1, min(start + step, int(torch.searchsorted(pair_end, done + PAIR_BUDGET, right=True))))
         stop = min(stop, num_total)
-        lo, hi = int(row_ptr[start]), int(row_ptr[stop])
-        q_rows, q_cols, q_values = rows[lo:hi] - start, cols[lo:hi], values[lo:hi]
-        q_width = width[q_cols]
-        shared = shared_buffer[:(stop - start) * num_total]
-        for w, (mat_rows, mat_values) in index.items():
-            chosen = q_width == w
-            at = slot[q_cols[chosen]]
-            shared.index_add_(0, (q_rows[chosen, None] * num_total + mat_rows[at]).flatten(),
-                              torch.minimum(q_values[chosen, None], mat_values[at]).flatten())
+        shared = overlap.add_to(start, stop, shared_buffer[:(stop - start) * num_total]).view(-1)
         above = above_buffer[:(len(shared) + 7) // 8 * 8]
         torch.gt(shared, cut, out=above[:len(shared)])
         above[len(shared):] = False

@@ -157,6 +157,57 @@ def _query_expansion(rows, cols, values, neighbours, k2):
     return _merge_duplicates(owner[pair], cols[entry], values[entry] / k2, num_total)
 
 
+class SharedMass:
+    """s(i, j) = sum_k min(V(i, k), V(j, k)), the overlap of step 6, for blocks of rows i
+    against the rows j in [first, first + count) of a sparse V (rows, cols, values; rows
+    ascending, no duplicate pair), into a dense (rows, count) buffer.
+
+    An inverted index of V's columns, for each column k the rows j with V(j, k) > 0 and their
+    values, as padded matrices, one per width: a column's count rounded up to a quarter of its
+    power of two (at most 25% padding; padding adds 0 at output column 0). Row-gathers of them
+    make the (i, shared column) pairs without per-element index arithmetic."""
+
+    def __init__(self, rows, cols, values, num_total, first=0, count=None):
+        self.rows, self.cols, self.values = rows, cols, values
+        self.count = num_total - first if count is None else count
+        device = rows.device
+        member = (rows >= first) & (rows < first + self.count)
+        m_rows, m_cols, m_values = rows[member] - first, cols[member], values[member]
+        by_col = torch.argsort(m_cols, stable=True)
+        col_rows, col_values = m_rows[by_col], m_values[by_col]
+        col_count = torch.bincount(m_cols, minlength=num_total)
+        col_start = torch.cumsum(col_count, 0) - col_count
+        quantum = 2 ** (torch.log2(col_count.clamp(min=1).double()).floor().long() - 2).clamp(min=0)
+        self.width = (col_count + quantum - 1) // quantum * quantum
+        self.slot = torch.zeros(num_total, dtype=torch.int64, device=device)
+        self.index = {}
+        for w in torch.unique(self.width[col_count > 0]).tolist():
+            columns = torch.nonzero(self.width == w).flatten()
+            self.slot[columns] = torch.arange(len(columns), device=device)
+            offsets = torch.arange(w, device=device)
+            valid = offsets < col_count[columns, None]
+            where = (col_start[columns, None] + offsets).clamp(max=max(len(col_rows) - 1, 0))
+            self.index[w] = (torch.where(valid, col_rows[where], 0), torch.where(valid, col_values[where], 0))
+        self.row_ptr = torch.searchsorted(rows, torch.arange(num_total + 1, device=device))
+
+    def pairs_per_row(self):
+        """(num_total,) the (row, j) pairs each row i gathers, padding included: its cost."""
+        return _row_sums(self.width[self.cols].float(), self.rows, len(self.row_ptr) - 1)
+
+    def add_to(self, start, stop, out):
+        """out: ((stop - start) * count,) zeros; returns it viewed (stop - start, count), holding
+        s(i, j) for i in [start, stop)."""
+        lo, hi = int(self.row_ptr[start]), int(self.row_ptr[stop])
+        q_rows, q_cols, q_values = self.rows[lo:hi] - start, self.cols[lo:hi], self.values[lo:hi]
+        q_width = self.width[q_cols]
+        for w, (mat_rows, mat_values) in self.index.items():
+            chosen = q_width == w
+            at = self.slot[q_cols[chosen]]
+            out.index_add_(0, (q_rows[chosen, None] * self.count + mat_rows[at]).flatten(),
+                           torch.minimum(q_values[chosen, None], mat_values[at]).flatten())
+        return out.view(stop - start, self.count)
+
+
 def check_parameters(k1, k2, lambda_value):
     """Raise ValueError unless k1 >= 1, 1 <= k2 <= k1 + 1 and 0 <= lambda_value <= 1."""
     if k1 < 1 or not 1 <= k2 <= k1 + 1 or not 0 <= lambda_value <= 1:
@@ -201,26 +252,11 @@ def re_ranking_blocks(distances, k1=20, k2=6, lambda_value=0.3, block_size=256, 
     if k2 != 1:
         rows, cols, values = _query_expansion(rows, cols, values, neighbours, k2)
 
-    # 6. Inverted index of V over gallery rows: for each column k, the gallery rows j with V(j, k) > 0.
-    is_gallery = rows >= num_query
-    g_rows, g_cols, g_values = rows[is_gallery], cols[is_gallery], values[is_gallery]
-    by_col = torch.argsort(g_cols, stable=True)
-    col_rows, col_values = g_rows[by_col] - num_query, g_values[by_col]
-    col_count = torch.bincount(g_cols, minlength=num_total)
-    col_start = torch.cumsum(col_count, 0) - col_count
-    query_end = int(torch.searchsorted(rows, torch.tensor(num_query, device=device)))
-
-    # 6-7. Final distances, a block of queries at a time.
+    # 6-7. Final distances, a block of queries at a time, the overlaps with the gallery rows of V.
+    overlap = SharedMass(rows, cols, values, num_total, first=num_query)
     for start in range(0, num_query, block_size):
         stop = min(start + block_size, num_query)
-        lo, hi = torch.searchsorted(rows[:query_end], torch.tensor([start, stop], device=device)).tolist()
-        q_rows, q_cols, q_values = rows[lo:hi] - start, cols[lo:hi], values[lo:hi]
-        pair, offset = segments(col_count[q_cols])
-        entry = col_start[q_cols][pair] + offset
-        shared = torch.zeros((stop - start) * num_gallery, device=device)
-        shared.index_add_(0, q_rows[pair] * num_gallery + col_rows[entry],
-                          torch.minimum(q_values[pair], col_values[entry]))
-        shared = shared.view(stop - start, num_gallery)
+        shared = overlap.add_to(start, stop, torch.zeros((stop - start) * num_gallery, device=device))
         jaccard = 1 - shared / (2 - shared)
         original = query_gallery[start:stop] if keep else distances.rows(start, stop, slice(num_query, None))
         yield start, jaccard * (1 - lambda_value) + (original / row_max[start:stop, None]) * lambda_value
