@@ -34,7 +34,9 @@ buffer, reading out only the entries within max_distance. Tensors stay on the de
 features.
 """
 import math
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -43,7 +45,7 @@ from scipy import sparse
 from sklearn.cluster import DBSCAN
 
 import rerank
-from eval_metrics import flat_nonzero
+from eval_metrics import flat_nonzero, one_cpu_thread
 
 __all__ = ['k_nearest', 'jaccard_distance', 'dbscan', 'group_features', 'cluster_centers', 'pseudo_labels',
            'pairwise_scores']
@@ -144,23 +146,32 @@ def jaccard_distance(features, k1=30, k2=6, max_distance=1.0, nearest=None, norm
         rows, cols, values = rerank._query_expansion(rows, cols, values, neighbours, k2)
 
     # s(i, j) a row block at a time, blocks bounded both by the dense (rows, N) buffer and by
-    # the pairs they gather.
+    # the pairs they gather. On the CPU, torch's threads each take blocks of their own, one
+    # thread per op: the scatter into the buffer is serial in torch.
     overlap = rerank.SharedMass(rows, cols, values, num_total)
     pair_end = torch.cumsum(overlap.pairs_per_row().double(), 0).cpu()
-    step = _block_rows(num_total)
+    workers = torch.get_num_threads() if device.type == 'cpu' else 1
+    step = max(1, _block_rows(num_total) // workers)
+    budget = PAIR_BUDGET // workers
+    blocks, start = [], 0
+    while start < num_total:
+        done = float(pair_end[start - 1]) if start else 0.0
+        stop = max(start + 1, min(start + step, int(torch.searchsorted(pair_end, done + budget, right=True))))
+        blocks.append((start, min(stop, num_total)))
+        start = blocks[-1][1]
     # distance <= max_distance < 1 needs s >= 2 (1 - max_distance) / (2 - max_distance): the
     # pairs above a slightly lower cut are read out of each block, then checked exactly.
     cut = max(0.0, 2 * (1 - max_distance) / (2 - max_distance) - 1e-4) if max_distance < 1 else 0.0
-    shared_buffer = torch.zeros(step * num_total, device=device)
-    above_buffer = torch.zeros((step * num_total + 7) // 8 * 8, dtype=torch.bool, device=device)
-    out_rows, out_cols, out_values = [], [], []
-    start = 0
-    while start < num_total:
-        done = float(pair_end[start - 1]) if start else 0.0
-        stop = max(start + 1, min(start + step, int(torch.searchsorted(pair_end, done + PAIR_BUDGET, right=True))))
-        stop = min(stop, num_total)
-        shared = overlap.add_to(start, stop, shared_buffer[:(stop - start) * num_total]).view(-1)
-        above = above_buffer[:(len(shared) + 7) // 8 * 8]
+    buffers = threading.local()
+
+    def distances_within(block):
+        """(rows, cols, distances) of the pairs of a row block within max_distance."""
+        start, stop = block
+        if not hasattr(buffers, 'shared'):  # each worker's own, zero between blocks
+            buffers.shared = torch.zeros(step * num_total, device=device)
+            buffers.above = torch.zeros((step * num_total + 7) // 8 * 8, dtype=torch.bool, device=device)
+        shared = overlap.add_to(start, stop, buffers.shared[:(stop - start) * num_total]).view(-1)
+        above = buffers.above[:(len(shared) + 7) // 8 * 8]
         torch.gt(shared, cut, out=above[:len(shared)])
         above[len(shared):] = False
         at = flat_nonzero(above)
@@ -168,10 +179,10 @@ def jaccard_distance(features, k1=30, k2=6, max_distance=1.0, nearest=None, norm
         shared.zero_()
         distance = (1 - s / (2 - s)).clamp_(min=0)
         keep = (distance <= max_distance) & (distance < 1)
-        out_rows.append(r[keep] + start)
-        out_cols.append(c[keep])
-        out_values.append(distance[keep])
-        start = stop
+        return r[keep] + start, c[keep], distance[keep]
+
+    with one_cpu_thread(device), ThreadPoolExecutor(workers) as pool:
+        out_rows, out_cols, out_values = zip(*pool.map(distances_within, blocks))
     r, c, d = (torch.cat(t).cpu().numpy() for t in (out_rows, out_cols, out_values))
     indptr = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=num_total))])
     # Built from (data, indices, indptr): explicit zeros are kept, which scipy's (data, (row, col))

@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 __all__ = ['ReIDMetrics', 'NoValidQueryError', 'evaluate', 'evaluate_blocks', 'evaluate_features',
-           'format_verification', 'pairwise_distance', 'Reiterable', 'flat_nonzero', 'squared_euclidean',
-           'default_block_size', 'VERIFICATION_FPRS', 'METRICS']
+           'format_verification', 'pairwise_distance', 'Reiterable', 'flat_nonzero', 'one_cpu_thread',
+           'squared_euclidean', 'default_block_size', 'VERIFICATION_FPRS', 'METRICS']
 
 VERIFICATION_FPRS = (1e-4, 1e-3, 1e-2)
 METRICS = ('euclidean', 'cosine')
@@ -418,12 +418,13 @@ def _block_stats(dist, q_pids, q_camids, gallery, scratch, verification):
 
 
 @contextlib.contextmanager
-def _one_cpu_thread(device):
-    """Run the ranking of a block on one CPU thread, then give torch its threads back. Its
-    passes are memory-bound and its histogram serial, so more threads gain little, while
-    each parallel op waits for all of them at a barrier: on a machine whose cores are busy
-    with other work that made ranking 5-10x slower (benchmarks/bench_eval.py; the distances,
-    a matmul, keep every thread)."""
+def one_cpu_thread(device):
+    """Run the body on one torch CPU thread, then give torch its threads back. The ranking of
+    a block runs so: its passes are memory-bound and its histogram serial, so more threads
+    gain little, while each parallel op waits for all of them at a barrier: on a machine whose
+    cores are busy with other work that made ranking 5-10x slower (benchmarks/bench_eval.py;
+    the distances, a matmul, keep every thread). cluster.py's Jaccard pass runs one such
+    thread per worker."""
     threads = torch.get_num_threads()
     if device.type != 'cpu' or threads == 1:
         yield
@@ -487,7 +488,7 @@ def evaluate_blocks(dist_blocks, q_pids, g_pids, q_camids, g_camids, max_rank=50
                 guess_from = (block, q_pids[start:start + len(block)], g_pids) if readable_again else None
                 verification = _Verification(tuple(fprs), num_negatives, guess_from)
         for rows, sub_block in _sub_blocks(start, block, num_gallery):
-            with _one_cpu_thread(block.device):
+            with one_cpu_thread(block.device):
                 stats = _block_stats(sub_block, q_pids[rows].to(block.device), q_camids[rows].to(block.device),
                                      gallery, scratch, verification)
             num_pos[rows], first_hit[rows], ap[rows], inp[rows] = stats
