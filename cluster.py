@@ -61,35 +61,11 @@ def _block_rows(num_total):
 def k_nearest(features, k, block_bytes=BLOCK_BYTES):
     """((N, k) indices, (N, k) similarities) of the k most similar rows of each row of (N, D)
     `features` by inner product (cosine on normalised features), most similar first: a row
-    itself comes first unless an identical row ties with it.
-
-    The similarity matrix is symmetric, so each (block, block) product of its upper triangle
-    is computed once and read both ways: its row-wise top k for the block's rows, its
-    column-wise top k for the other block's, each merged into a running top k per row. That
-    is about half the flops of the N x N x D product, in (block, block) tiles of block_bytes."""
-    num_total = len(features)
-    device = features.device
-    indices = torch.zeros(num_total, k, dtype=torch.int64, device=device)
-    similarities = torch.full((num_total, k), -math.inf, device=device)
-
-    def merge(rows, values, columns):
-        """Merge (len(rows), m) candidate similarities and their column indices into the running top k of rows."""
-        both = torch.cat([similarities[rows], values], dim=1)
-        top = both.topk(k, dim=1, sorted=True)
-        indices[rows] = torch.cat([indices[rows], columns], dim=1).gather(1, top.indices)
-        similarities[rows] = top.values
-
-    step = max(1, min(num_total, math.isqrt(block_bytes // 4)))
-    for i in range(0, num_total, step):
-        rows_i = slice(i, min(i + step, num_total))
-        for j in range(i, num_total, step):
-            rows_j = slice(j, min(j + step, num_total))
-            similarity = features[rows_i] @ features[rows_j].t()
-            top = similarity.topk(min(k, similarity.shape[1]), dim=1, sorted=False)
-            merge(rows_i, top.values, top.indices + j)
-            if j != i:
-                top = similarity.topk(min(k, similarity.shape[0]), dim=0, sorted=False)
-                merge(rows_j, top.values.t(), top.indices.t() + i)
+    itself comes first unless an identical row ties with it. The similarity matrix is
+    symmetric: rerank.top_k_by_tiles reads each (block, block) tile of its upper triangle
+    both ways, about half the flops of the N x N x D product, tiles of block_bytes."""
+    similarities, indices = rerank.top_k_by_tiles(lambda rows_i, rows_j: features[rows_i] @ features[rows_j].t(),
+                                                  len(features), k, True, max(1, math.isqrt(block_bytes // 4)))
     return indices, similarities
 
 

@@ -16,19 +16,24 @@ N = num_query + num_gallery samples:
 Ties among equal distances are broken by torch.topk, as the common code leaves them to
 numpy's argsort.
 
-How it stays small: no N x N matrix is ever held. One pass over row blocks of the distances
-keeps only each row's k1 + 1 nearest neighbours and its maximum; the k-reciprocal sets and V
+How it stays small: no N x N matrix is ever held. One pass over the distances keeps only
+each row's k1 + 1 nearest neighbours and its maximum (from features, over tiles of the upper
+triangle, each read both ways: half the flops of the N x N distances); the k-reciprocal sets and V
 are sparse (a few dozen entries a row); the Jaccard term comes from an inverted index of V;
 the final distances are produced in query-row blocks (re_ranking_blocks), which the evaluator
 can consume one at a time. Tensors stay on the device of the inputs, so a GPU does the work
 when the features are there.
 """
+import math
+
 import numpy as np
 import torch
 
 from eval_metrics import flat_nonzero, segments
 
 __all__ = ['re_ranking', 're_ranking_features', 're_ranking_blocks', 'check_parameters']
+
+TILE_BYTES = 1 << 26  # a float32 tile of the N x N distances in the neighbour pass: 64 MiB
 
 
 class _FeatureDistances:
@@ -66,14 +71,18 @@ class _MatrixDistances:
         self.device = self.q_g.device
 
     def rows(self, start, stop, cols=slice(None)):
+        """(stop - start, len(cols)) squared distances; cols: a slice with step 1."""
         q = self.num_query
+        c0, c1, _ = cols.indices(self.num_total)
+        query_cols, gallery_cols = slice(min(c0, q), min(c1, q)), slice(max(c0, q) - q, max(c1, q) - q)
         parts = []
         if start < q:
-            parts.append(torch.cat([self.q_q[start:min(stop, q)], self.q_g[start:min(stop, q)]], dim=1))
+            rows = slice(start, min(stop, q))
+            parts.append(torch.cat([self.q_q[rows, query_cols], self.q_g[rows, gallery_cols]], dim=1))
         if stop > q:
-            lo = max(start, q) - q
-            parts.append(torch.cat([self.q_g[:, lo:stop - q].t(), self.g_g[lo:stop - q]], dim=1))
-        return torch.cat(parts)[:, cols].square()
+            rows = slice(max(start, q) - q, stop - q)
+            parts.append(torch.cat([self.q_g[query_cols, rows].t(), self.g_g[rows, gallery_cols]], dim=1))
+        return torch.cat(parts).square()
 
     def pairs(self, i, j):
         q = self.num_query
@@ -90,6 +99,39 @@ class _MatrixDistances:
             else:
                 out[mask] = self.g_g[a - q, b - q]
         return out.square()
+
+
+def top_k_by_tiles(tile, num_total, k, largest, tile_rows, symmetric=True, on_tile=None):
+    """Each row's k largest (largest=True) or smallest entries of an (N, N) matrix given by
+    tiles, and their columns, ((N, k) values, (N, k) indices), most extreme first (ties in
+    torch.topk's order).
+
+    tile(rows_i, rows_j) gives the (len(rows_i), len(rows_j)) tile at those row and column
+    slices. symmetric=True: the matrix is symmetric, so tile is asked only for the upper
+    triangle (rows_j starting at or after rows_i), about half the matrix, and each tile is read
+    both ways, its row-wise top k for rows_i and its column-wise top k for rows_j, each merged
+    into a running top k per row. symmetric=False: row blocks of tile_rows, whole rows.
+    on_tile(rows_i, rows_j, tile, both_ways), when given, sees every tile too."""
+    fill = -math.inf if largest else math.inf
+    values = indices = None
+    for i in range(0, num_total, tile_rows):
+        rows_i = slice(i, min(i + tile_rows, num_total))
+        for j in range(i, num_total, tile_rows) if symmetric else (0,):
+            rows_j = slice(j, min(j + tile_rows, num_total)) if symmetric else slice(0, num_total)
+            block = tile(rows_i, rows_j)
+            if values is None:
+                values = torch.full((num_total, k), fill, dtype=block.dtype, device=block.device)
+                indices = torch.zeros(num_total, k, dtype=torch.int64, device=block.device)
+            both_ways = symmetric and j != i
+            for rows, dim, first in ((rows_i, 1, j), (rows_j, 0, i)) if both_ways else ((rows_i, 1, j),):
+                top = block.topk(min(k, block.shape[dim]), dim=dim, largest=largest, sorted=False)
+                top_values, top_indices = (top.values, top.indices) if dim == 1 else (top.values.t(), top.indices.t())
+                merged = torch.cat([values[rows], top_values], dim=1).topk(k, dim=1, largest=largest, sorted=True)
+                indices[rows] = torch.cat([indices[rows], top_indices + first], dim=1).gather(1, merged.indices)
+                values[rows] = merged.values
+            if on_tile is not None:
+                on_tile(rows_i, rows_j, block, both_ways)
+    return values, indices
 
 
 def _reciprocal(neighbours, k):
@@ -227,20 +269,26 @@ def re_ranking_blocks(distances, k1=20, k2=6, lambda_value=0.3, block_size=256, 
         raise ValueError(f'k1={k1} needs at least {k1 + 1} query + gallery samples, got {num_total}')
     num_gallery = num_total - num_query
 
-    # 1-2. One pass over row blocks: nearest neighbours and row maxima.
+    # 1-2. One pass over the distances: nearest neighbours, row maxima, and the query x gallery
+    # part if kept. From features, over the upper triangle of the (symmetric) matrix, in 64 MiB
+    # tiles each read both ways (half the flops); from given matrices, over row blocks.
     device = distances.device
-    neighbours = torch.empty(num_total, k1 + 1, dtype=torch.int64, device=device)
-    row_max = torch.empty(num_total, device=device)
+    row_max = torch.zeros(num_total, device=device)  # the distances are >= 0
     keep = num_query * num_gallery * 4 <= keep_bytes
     query_gallery = torch.empty(num_query if keep else 0, num_gallery, device=device)
-    for start in range(0, num_total, block_size):
-        stop = min(start + block_size, num_total)
-        block = distances.rows(start, stop)
-        row_max[start:stop] = block.amax(dim=1)
-        neighbours[start:stop] = torch.topk(block, k1 + 1, dim=1, largest=False, sorted=True).indices
-        if keep and start < num_query:
-            query_gallery[start:min(stop, num_query)] = block[:num_query - start, num_query:]
-        del block
+
+    def record(rows_i, rows_j, block, both_ways):
+        row_max[rows_i] = torch.maximum(row_max[rows_i], block.amax(dim=1))
+        if both_ways:
+            row_max[rows_j] = torch.maximum(row_max[rows_j], block.amax(dim=0))
+        if keep and rows_i.start < num_query < rows_j.stop:
+            queries, first_gallery = slice(rows_i.start, min(rows_i.stop, num_query)), max(rows_j.start, num_query)
+            query_gallery[queries, first_gallery - num_query:rows_j.stop - num_query] = \
+                block[:queries.stop - rows_i.start, first_gallery - rows_j.start:]
+    from_features = isinstance(distances, _FeatureDistances)
+    neighbours = top_k_by_tiles(lambda rows_i, rows_j: distances.rows(rows_i.start, rows_i.stop, rows_j),
+                                num_total, k1 + 1, False, math.isqrt(TILE_BYTES // 4) if from_features else block_size,
+                                from_features, record)[1]
     row_max.clamp_(min=torch.finfo(torch.float32).tiny)
 
     # 3-4. Sparse V over the expanded k-reciprocal sets.

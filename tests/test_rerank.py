@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+import rerank
 from eval_metrics import evaluate, evaluate_blocks
 from rerank import re_ranking, re_ranking_features
 from reference_rerank import reference_re_ranking
@@ -42,8 +43,12 @@ def test_lambda_one_is_the_normalised_original_distance():
     torch.testing.assert_close(re_ranking_features(qf, gf, k1=4, k2=2, lambda_value=1.0), expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize('seed, k1, k2', [(0, 20, 6), (1, 5, 3), (2, 8, 1), (3, 3, 4), (4, 6, 6)])
-def test_matches_literal_reference(seed, k1, k2):
+@pytest.mark.parametrize('seed, k1, k2, tile_rows', [(0, 20, 6, 4096), (1, 5, 3, 4096), (2, 8, 1, 4096), (3, 3, 4, 4096),
+                                                      (4, 6, 6, 4096), (0, 20, 6, 7), (1, 5, 3, 16)])
+def test_matches_literal_reference(seed, k1, k2, tile_rows, monkeypatch):
+    """Also with the neighbour pass in small tiles (uneven, straddling the query / gallery
+    boundary), each read both ways."""
+    monkeypatch.setattr(rerank, 'TILE_BYTES', 4 * tile_rows * tile_rows)
     qf, gf, _, _ = random_features(seed, 9, 30)
     q_g, q_q, g_g = euclidean(qf, gf).numpy(), euclidean(qf, qf).numpy(), euclidean(gf, gf).numpy()
     expected = reference_re_ranking(q_g, q_q, g_g, k1=k1, k2=k2, lambda_value=0.3)
@@ -60,8 +65,9 @@ def test_blocks_match_and_stream_into_the_evaluator():
     assert streamed.mAP == whole.mAP and (streamed.cmc == whole.cmc).all()
 
 
-def test_recomputing_query_gallery_distances_gives_the_same_result():
+def test_recomputing_query_gallery_distances_gives_the_same_result(monkeypatch):
     from rerank import _FeatureDistances, re_ranking_blocks
+    monkeypatch.setattr(rerank, 'TILE_BYTES', 4 * 9 * 9)  # the kept part assembled from small tiles
     qf, gf, _, _ = random_features(6, 20, 50)
     kept = torch.cat([b for _, b in re_ranking_blocks(_FeatureDistances(qf, gf), block_size=7)])
     recomputed = torch.cat([b for _, b in re_ranking_blocks(_FeatureDistances(qf, gf), block_size=7, keep_bytes=0)])
