@@ -336,7 +336,8 @@ def test_adaptation_beats_direct_transfer(tmp_path):
     synthetic_data --domain-shift 0.5); adapted on B's unlabelled training images from its
     checkpoint, it beats that direct transfer clearly on B's test split, and the pseudo labels
     agree better with B's identities at the end than at the start. Fixed seeds; measured on
-    one loaded thread: A 71.0, direct 31.2, adapted 42.3 mAP, F1 0.34 -> 0.40."""
+    one loaded thread: A 71.0, direct 31.2, adapted 50.2 mAP, F1 0.34 -> 0.49 (margins +19.0, +11.3,
+    +26.5 mAP with the training seeds 1, 2, 3)."""
     from conftest import run_script
     result = run_script('benchmarks/bench_usl.py', '--case', 'adaptation', '--ids', '40', '--supervised-batch', '16',
                         '--supervised-epochs', '12', '--usl-epochs', '6', '--usl-stepsize', '4', '--iters', '10',
@@ -349,7 +350,7 @@ def test_adaptation_beats_direct_transfer(tmp_path):
     assert direct < source - 20, result.stdout
     assert adapted > direct + 5, result.stdout
     f1 = [float(x) for x in re.search(r'pseudo-label pairwise F1 by epoch: ([\d., ]+);', result.stdout)[1].split(', ')]
-    assert len(f1) == 6 and f1[-1] > f1[0] + 0.02, result.stdout
+    assert len(f1) == 6 and f1[-1] > f1[0] + 0.05, result.stdout
 
 
 def test_domain_shift_strength():
