@@ -66,13 +66,15 @@ def random_person(rng):
         height=rng.uniform(0.78, 0.92), girth=rng.uniform(0.32, 0.45))
 
 
-def random_camera(rng, domain_shift=False):
-    """A camera; domain_shift=True draws it from another domain (the B of an adaptation
-    experiment): every camera of that domain is dimmer, tinted blue-green, has coloured
-    rather than grey backgrounds and sees persons smaller, on top of the same camera-to-camera
-    variation as the default domain."""
+def random_camera(rng, domain_shift=0.0):
+    """A camera; domain_shift > 0 draws it from another domain (the B of an adaptation
+    experiment), on top of the same camera-to-camera variation as the default domain: at
+    strength 1 every camera of that domain is dimmer (light x0.6), tinted blue-green (gains
+    x0.6, x1, x1.4), has coloured rather than grey backgrounds (saturation 0.3-0.6 instead of
+    0-0.3) and sees persons smaller (x0.75); a strength s in between moves each of these the
+    fraction s of the way (0: the default domain)."""
     clutter = []
-    background_saturation = (0.3, 0.6) if domain_shift else (0, 0.3)
+    background_saturation = (0.3 * domain_shift, 0.3 + 0.3 * domain_shift)
     for _ in range(int(rng.integers(1, 4))):
         y0 = int(rng.integers(0, IMG_HEIGHT - 20))
         x0 = int(rng.integers(0, IMG_WIDTH - 10))
@@ -82,9 +84,9 @@ def random_camera(rng, domain_shift=False):
                     background=(_colour(rng, background_saturation, (0.3, 0.9)),
                                 _colour(rng, background_saturation, (0.2, 0.7))),
                     clutter=clutter, scale=rng.uniform(0.85, 1.0))
-    if domain_shift:
-        camera.cast, camera.light, camera.scale = camera.cast * np.array([0.6, 1.0, 1.4]), camera.light * 0.6, \
-            camera.scale * 0.75
+    camera.cast = camera.cast * (1 + domain_shift * np.array([-0.4, 0.0, 0.4]))
+    camera.light *= 1 - 0.4 * domain_shift
+    camera.scale *= 1 - 0.25 * domain_shift
     return camera
 
 
@@ -169,9 +171,10 @@ def _identity_views(rng, cameras_per_id, min_cameras):
 
 
 def make_market1501(out_dir, num_train_ids=32, num_test_ids=32, images_per_camera=(2, 4),
-                    cameras_per_id=4, num_distractors=40, num_junk=20, seed=0, domain_shift=False):
+                    cameras_per_id=4, num_distractors=40, num_junk=20, seed=0, domain_shift=0.0):
     """Write out_dir/{bounding_box_train,query,bounding_box_test}/ with Market-1501 names.
-    domain_shift: cameras of the other domain (random_camera), for adaptation experiments.
+    domain_shift: strength of the other domain's cameras (random_camera; 0 none, 1 the full
+    shift), for adaptation experiments.
 
     Train and test identities are disjoint, drawn from 1..1500 so train pids have gaps.
     Each test identity is seen by at least two cameras and has one query per camera; every
@@ -616,13 +619,16 @@ def main():
     parser.add_argument('--root', default='data/synthetic',
                         help='writes <root>/<dataset folder>, e.g. <root>/market1501 (default: %(default)s)')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--domain-shift', action='store_true',
+    parser.add_argument('--domain-shift', type=float, nargs='?', const=1.0, default=0.0, metavar='STRENGTH',
                         help='market1501 only: cameras of another domain (dim, tinted, busy backgrounds, smaller '
-                             'persons), to train on one domain and adapt to the other')
+                             'persons), to train on one domain and adapt to the other; STRENGTH from 0 (none) to 1 '
+                             '(the full shift, the default when the flag is given alone) scales every change')
     parser.add_argument('--datasets', nargs='+', choices=list(MAKERS), default=['market1501', 'mars'],
                         help='image_folder and video_folder go to <root>/image_folder and '
                              '<root>/video_folder: pass that folder as --root to train on them')
     args = parser.parse_args()
+    if not 0 <= args.domain_shift <= 1:
+        parser.error(f'--domain-shift {args.domain_shift}: the strength must be in [0, 1] (1: the full shift)')
     for name in args.datasets:
         folder, maker = MAKERS[name]
         out_dir = os.path.join(args.root, folder)
@@ -632,7 +638,8 @@ def main():
         # Build beside the target and rename, so an interrupted run leaves no half dataset.
         partial = out_dir + '.partial'
         shutil.rmtree(partial, ignore_errors=True)
-        maker(partial, seed=args.seed, **({'domain_shift': True} if args.domain_shift and name == 'market1501' else {}))
+        shift = {'domain_shift': args.domain_shift} if args.domain_shift and name == 'market1501' else {}
+        maker(partial, seed=args.seed, **shift)
         os.replace(partial, out_dir)
         print(f'Wrote synthetic {name} to {out_dir}')
 
