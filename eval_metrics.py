@@ -31,10 +31,11 @@ Per block of queries (float32 distances):
 
 Queries are processed in blocks, so features can be turned into distances block by block
 (evaluate_features) and peak memory does not grow with num_query x num_gallery; the
-verification figures are streamed too (see _Verification).
+verification figures are streamed too (see _Verification), on a thread of their own.
 """
 import contextlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -385,23 +386,29 @@ class _Verification:
         """((fpr, tpr, threshold), ...) for each fpr: see ReIDMetrics.verification."""
         # The (m + 1)-th smallest negative, m = floor(fpr * num_negatives), is the first that
         # must be rejected; with ties at it, all of them are.
+        # One partition per m, each on the m + 1 smallest left by the one before (largest m
+        # first): cheaper than a partition of all the held values at every m.
         ms = [math.floor(fpr * self.num_negatives) for fpr in self.fprs]
-        rejects = np.partition(np.concatenate(self.negatives), ms)[ms]
+        values, reject_at = np.concatenate(self.negatives), {}
+        for m in sorted(set(ms), reverse=True):
+            values = np.partition(values, m)[:m + 1]
+            reject_at[m] = values[m]
+        rejects = [reject_at[m] for m in ms]
         positives = np.concatenate(self.positives)
         return tuple((fpr, float((positives < reject).mean()), float(np.nextafter(reject, np.float32(-np.inf))))
                      for fpr, reject in zip(self.fprs, rejects))
 
 
-def _block_stats(dist, q_pids, q_camids, gallery, scratch, verification):
-    """Per-query (num_pos, first-hit rank, AP, INP) for one (B, G) block of distances; feeds
-    the block to verification (a _Verification or None) too."""
+def _block_stats(dist, q_pids, q_camids, gallery, scratch, verify):
+    """Per-query (num_pos, first-hit rank, AP, INP) for one (B, G) block of distances; hands
+    the block to verify(flat distances, positives, junk, G) too, unless verify is None."""
     batch = dist.shape[0]
     dist = dist.to(torch.float32).contiguous()
     if torch.aminmax(dist).min.isnan():
         raise ValueError('the distance matrix contains NaN; check the features (e.g. a NaN loss)')
     positives, junk = gallery.same_pid_pairs(q_pids, q_camids)
-    if verification is not None:
-        verification.add(dist.view(-1), positives, junk, dist.shape[1])
+    if verify is not None:
+        verify(dist.view(-1), positives, junk, dist.shape[1])
     num_pos = torch.bincount(positives[0], minlength=batch)
     ranks = _match_ranks(dist, positives, junk, scratch) if len(positives[0]) else positives[0]
     # The k-th match of a row in rank order: sort by (row, rank).
@@ -478,20 +485,31 @@ def evaluate_blocks(dist_blocks, q_pids, g_pids, q_camids, g_camids, max_rank=50
     # verification may guess its threshold and, in the rare case the guess was too tight,
     # count again; blocks from a generator are counted once, with no guess.
     readable_again = iter(dist_blocks) is not dist_blocks
-    gallery, verification, scratch = None, None, _Scratch()
-    for start, block in dist_blocks:
-        block = _as_tensor(block)
-        if gallery is None:
-            gallery = _GalleryIndex(g_pids.to(block.device), g_camids.to(block.device))
-            num_negatives = num_query * num_gallery - gallery.num_same_pid(q_pids.to(block.device))
-            if fprs and num_negatives:
-                guess_from = (block, q_pids[start:start + len(block)], g_pids) if readable_again else None
-                verification = _Verification(tuple(fprs), num_negatives, guess_from)
-        for rows, sub_block in _sub_blocks(start, block, num_gallery):
-            with one_cpu_thread(block.device):
-                stats = _block_stats(sub_block, q_pids[rows].to(block.device), q_camids[rows].to(block.device),
-                                     gallery, scratch, verification)
-            num_pos[rows], first_hit[rows], ap[rows], inp[rows] = stats
+    gallery, verification, scratch, pending = None, None, _Scratch(), []
+
+    def verify(*block_args):
+        """The verification of a block runs on a thread of its own (numpy lets go of the GIL)
+        while the next block is ranked, one block at a time and in order."""
+        if pending:
+            pending.pop().result()
+        pending.append(worker.submit(verification.add, *block_args))
+
+    with ThreadPoolExecutor(1) as worker:
+        for start, block in dist_blocks:
+            block = _as_tensor(block)
+            if gallery is None:
+                gallery = _GalleryIndex(g_pids.to(block.device), g_camids.to(block.device))
+                num_negatives = num_query * num_gallery - gallery.num_same_pid(q_pids.to(block.device))
+                if fprs and num_negatives:
+                    guess_from = (block, q_pids[start:start + len(block)], g_pids) if readable_again else None
+                    verification = _Verification(tuple(fprs), num_negatives, guess_from)
+            for rows, sub_block in _sub_blocks(start, block, num_gallery):
+                with one_cpu_thread(block.device):
+                    stats = _block_stats(sub_block, q_pids[rows].to(block.device), q_camids[rows].to(block.device),
+                                         gallery, scratch, verify if verification is not None else None)
+                num_pos[rows], first_hit[rows], ap[rows], inp[rows] = stats
+        if pending:
+            pending.pop().result()
     if (num_pos < 0).any():
         raise ValueError('the distance blocks do not cover every query')
 
