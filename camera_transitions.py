@@ -58,6 +58,8 @@ VERSION = 1
 # cost() of the least likely transit inside a window: log of the density ratio to the mode,
 # capped where the smoothed density is 1/1000 of the mode's (its tails are not data anymore).
 COST_CAP = math.log(1000.0)
+# cost() of a pair never observed nor composable: as unlikely as a transit at 1/10 of the mode's density.
+UNOBSERVED_COST = math.log(10.0)
 ROUTES = ('consecutive', 'all')
 # st-ReID's published figures (Wang et al., AAAI 2019, without re-ranking): Rank-1 / mAP in %.
 ST_PUBLISHED = {'market1501': (98.1, 87.6), 'dukemtmcreid': (94.4, 83.9)}
@@ -135,7 +137,7 @@ class TransitionModel:
     st_model uses frames). Same-camera pairs are not modelled: window/cost refuse them.
     """
 
-    def __init__(self, cameras, pairs, bin_seconds, widening=None, unobserved_cost=math.log(10.0),
+    def __init__(self, cameras, pairs, bin_seconds, widening=None, unobserved_cost=UNOBSERVED_COST,
                  forbid_unlisted=False):
         """pairs: {(camera a, camera b): _Distribution} by name; widening: {camera: seconds}
         a tracklet may miss of its stay at each end (missing: 0); forbid_unlisted: pairs
@@ -153,7 +155,7 @@ class TransitionModel:
     @classmethod
     def fit(cls, identity, camera, enter_time, exit_time, cameras, *, bin_seconds=1.0, smooth_seconds=None,
             margin=None, min_transit=None, routes='consecutive', max_hops=2, widen_quantile=0.9,
-            unobserved_cost=math.log(10.0), topology=None):
+            unobserved_cost=UNOBSERVED_COST, topology=None):
         """Learn the model from N stays: identity (N,) int, camera (N,) int index into cameras,
         enter_time, exit_time (N,) float seconds (exit >= enter).
 

@@ -9,9 +9,19 @@ import pytest
 
 import engine
 import synthetic_data
+import synthetic_mtmc
 import train_img_model_xent
-from camera_transitions import (COST_CAP, NoFrameNumbersError, TransitionFileError, TransitionModel, frame_times,
-                                st_fuse, st_model, st_probability, stays_from_mot)
+from camera_transitions import (
+    COST_CAP,
+    NoFrameNumbersError,
+    TransitionFileError,
+    TransitionModel,
+    frame_times,
+    st_fuse,
+    st_model,
+    st_probability,
+    stays_from_mot,
+)
 from conftest import FAST, shared_path
 
 CAMERAS = ['c001', 'c002', 'c003', 'c004']
@@ -93,6 +103,30 @@ def test_widening_takes_the_best_transit_within_the_missed_part(model):
     assert 2 * 12 < learnt < 2 * 15  # the 0.9 quantile of durations uniform in 5..15 s: 14
     assert model.window('c001', 'c002') == pytest.approx((lo, hi + learnt))
     assert model.max_window() >= model.window('c001', 'c004')[1]
+
+
+def test_learnt_from_a_generated_scene_recovers_its_camera_graph(tmp_path):
+    """From the gt.txt files of a generated, unsynchronised scene (synthetic_mtmc): the observed
+    pairs are exactly the generator's camera graph, each learnt window holds the true one (to a
+    frame, 0.5 s at 2 fps) with at most 5 s to spare, overlapping views give negative windows,
+    and the pairs two steps apart are composed."""
+    scene = tmp_path / 'scene'
+    synthetic_mtmc.make_scene(scene, num_cameras=4, num_people=48, seconds=150, fps=2, seed=2, unsynchronised=True)
+    truth = json.loads((scene / 'transitions_true.json').read_text())
+    offsets = {name: float(offset) for name, offset in
+               (line.split() for line in (scene / 'cam_timestamp.txt').read_text().splitlines())}
+    tracks = {name: np.loadtxt(scene / name / 'gt' / 'gt.txt', delimiter=',', ndmin=2)[:, :2].astype(np.int64)
+              for name in truth['cameras']}
+    model = TransitionModel.fit_mot(tracks, fps=2, offsets=offsets, max_gap=1.0)
+    true_pairs = {(p['from'], p['to']): p for p in truth['pairs']}
+    assert {pair for pair, d in model.pairs.items() if d.source == 'observed'} == set(true_pairs)
+    for (a, b), pair in true_pairs.items():
+        lo, hi = model.window(a, b, widen=0)
+        assert pair['min'] - 5 <= lo <= pair['min'] + 0.5 and pair['max'] - 0.5 <= hi <= pair['max'] + 5, (a, b, lo, hi)
+        if pair['overlap']:
+            assert lo < 0
+    composed = {pair for pair, d in model.pairs.items() if d.source == 'composed'}
+    assert composed == {('c001', 'c003'), ('c003', 'c001'), ('c002', 'c004'), ('c004', 'c002')}
 
 
 def write(path, text):
