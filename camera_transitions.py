@@ -355,8 +355,9 @@ class TransitionModel:
         num = len(self.cameras)
         row = np.where((a == b) | (a < 0) | (a >= num) | (b < 0) | (b >= num), num * num, a * num + b)
         column = np.floor((gap - origin[row]) / self.bin_seconds)
-        ok = (column >= 0) & (column < length[row])
-        return np.where(ok, table[row, np.where(ok, column, 0).astype(np.int64)], 0.0)
+        # Off the grid: the all-zero last row's first cell. One gather from the flat table.
+        flat = np.where((column >= 0) & (column < length[row]), row * table.shape[1] + column, num * num * table.shape[1])
+        return table.ravel()[flat.astype(np.int64)]
 
     def summary(self):
         """Printable lines: one per modelled pair (source, count, window before widening),

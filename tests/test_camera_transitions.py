@@ -23,6 +23,7 @@ from camera_transitions import (
     stays_from_mot,
 )
 from conftest import FAST, shared_path
+from reference_st_reid import reference_distribution, reference_probability
 
 CAMERAS = ['c001', 'c002', 'c003', 'c004']
 # The generated camera graph: c001 -> c002, then c002 -> c003 or c002 -> c004; transit times
@@ -302,6 +303,25 @@ def test_frame_parsing_covers_every_real_name(benchmark, lists, num_pairs):
     train = [item for item in items['train'] if item[1] >= 0]
     model = st_model(train, times['train'][[item[1] >= 0 for item in items['train']]], num_cameras=8)
     assert len(model.pairs) == num_pairs
+
+
+def test_st_matches_st_reid_on_real_dukemtmcreid_names():
+    """The model learnt from the real DukeMTMC-reID train names gives the probabilities of
+    st-ReID's own code (a literal transcription: tests/reference_st_reid.py) for 40 real
+    queries against the whole real gallery, to their 1e-7 normalisation epsilon."""
+    folder = shared_path('data', 'extra', 'dukemtmcreid')
+    names = {split: (folder / f'{split}.txt').read_text().split() for split in ('train', 'query', 'gallery')}
+    reference = reference_distribution(names['train'])
+    items = {split: [(n, int(n[:4]), int(n[6]) - 1) for n in split_names] for split, split_names in names.items()}
+    times = frame_times(named('DukeMTMC-reID', **items))
+    model = st_model(items['train'], times['train'], num_cameras=8)
+    queries = np.random.default_rng(0).choice(len(names['query']), 40, replace=False)
+    g_cams = np.array([camid for _, _, camid in items['gallery']])
+    ours = st_probability(model, np.array([items['query'][q][2] for q in queries]), times['query'][queries],
+                          g_cams, times['gallery'])
+    for row, q in enumerate(queries):
+        expected = reference_probability(reference, names['query'][q], names['gallery'])
+        np.testing.assert_allclose(ours[row], expected, rtol=1e-6, atol=1e-12)
 
 
 def run_image_script(capsys, *argv):
