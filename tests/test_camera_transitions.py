@@ -226,6 +226,14 @@ def test_fit_rejects_bad_stays():
         TransitionModel.fit([0, 0], [0, 7], [0, 5], [1, 6], CAMERAS)
 
 
+
+def test_a_pair_seen_once_gets_a_smoothed_window():
+    """One transit c1 -> c2 (10 s): Silverman's bandwidth of one sample is 0, so the smoothing
+    falls back to one bin, and the pair still gets a window around the transit and a density."""
+    model = TransitionModel.fit([0, 0], [0, 1], [0.0, 15.0], [5.0, 20.0], CAMERAS, widen_quantile=None)
+    lo, hi = model.window(CAMERAS[0], CAMERAS[1])
+    assert lo < 10 < hi and np.isfinite(model.cost(CAMERAS[0], CAMERAS[1], np.array([10.0]))).all()
+
 # ---- st-ReID (--st) ------------------------------------------------------------------------
 def named(title, train=(), query=(), gallery=(), name=''):
     """A dataset-like object whose items are (file name, pid, camid)."""
