@@ -13,6 +13,8 @@ did not fully show:
     (c001 -> c002 -> c004) gets the distribution of the sum transit + stay + transit along the
     camera graph (up to max_hops intermediate cameras), paths weighted by how often people
     leaving a camera went to each next one; stays in the intermediate cameras are learnt too;
+    an observed pair gets these longer routes mixed into its direct transits (a person's
+    tracklets in c001 and c004 are a pair whichever way they walked);
   * a pair neither observed nor composable costs a finite penalty (unobserved_cost) inside
     the widest known window: rare routes are unlikely, not impossible. Only a topology file
     forbids pairs.
@@ -429,9 +431,13 @@ def _runs(sorted_keys):
 
 
 def _compose(pairs, counts, stays, bin_seconds, max_hops):
-    """{(a, d): composed _Distribution} for the pairs absent from `pairs` that paths of up to
-    max_hops intermediate cameras reach: the distribution of transit + stay + transit + ...,
-    each path weighted by the product of its steps' shares of the transits leaving their camera.
+    """{(a, d): _Distribution} over the pairs that paths of up to max_hops intermediate cameras
+    reach: the distribution of transit + stay + transit + ..., each path weighted by the
+    product of its steps' shares of the transits leaving their camera. A pair absent from
+    `pairs` gets that composed distribution; an observed pair gets the mixture of its direct
+    transits (weighted by their share of the transits leaving a) and the composed ones, over
+    the union of both windows: two tracklets of a person who walked a -> b -> d are a pair
+    (a, d) too, whose gap is the whole route, even where people also walk a -> d directly.
     Paths may revisit cameras (people do). O(cameras^3 x max_hops) convolutions."""
     leaving = {}
     for (a, b), count in counts.items():
@@ -454,15 +460,25 @@ def _compose(pairs, counts, stays, bin_seconds, max_hops):
                     _accumulate(arrivals.setdefault(target, {}), arrived_origin, share * arrived, bin_seconds)
             frontier = {target: (a['origin'], a['prob']) for target, a in arrivals.items()}
             for target, (origin, prob) in frontier.items():
-                if target != source and (source, target) not in pairs:
+                if target != source:
                     _accumulate(composed.setdefault((source, target), {}), origin, prob, bin_seconds)
     result = {}
     for pair, mix in composed.items():
         support = np.flatnonzero(mix['prob'] > 0)
+        if not len(support):
+            continue
         prob = mix['prob'][support[0]:support[-1] + 1]
         origin = float(mix['origin'] + support[0] * bin_seconds)
-        result[pair] = _Distribution(origin, prob / prob.sum(), origin, origin + len(prob) * bin_seconds, 0,
-                                     'composed')
+        lo, hi = origin, origin + len(prob) * bin_seconds
+        direct = pairs.get(pair)
+        if direct is None:
+            result[pair] = _Distribution(origin, prob / prob.sum(), lo, hi, 0, 'composed')
+            continue
+        both = {}
+        _accumulate(both, direct.origin, counts[pair] / leaving[pair[0]] * direct.prob, bin_seconds)
+        _accumulate(both, origin, prob, bin_seconds)
+        result[pair] = _Distribution(both['origin'], both['prob'] / both['prob'].sum(), min(direct.lo, lo),
+                                     max(direct.hi, hi), direct.count, direct.source)
     return result
 
 

@@ -118,14 +118,20 @@ def test_learnt_from_a_generated_scene_recovers_its_camera_graph(tmp_path):
                (line.split() for line in (scene / 'cam_timestamp.txt').read_text().splitlines())}
     tracks = {name: np.loadtxt(scene / name / 'gt' / 'gt.txt', delimiter=',', ndmin=2)[:, :2].astype(np.int64)
               for name in truth['cameras']}
+    direct = TransitionModel.fit_mot(tracks, fps=2, offsets=offsets, max_gap=1.0, max_hops=0)
     model = TransitionModel.fit_mot(tracks, fps=2, offsets=offsets, max_gap=1.0)
     true_pairs = {(p['from'], p['to']): p for p in truth['pairs']}
     assert {pair for pair, d in model.pairs.items() if d.source == 'observed'} == set(true_pairs)
     for (a, b), pair in true_pairs.items():
-        lo, hi = model.window(a, b, widen=0)
+        lo, hi = direct.window(a, b, widen=0)
         assert pair['min'] - 5 <= lo <= pair['min'] + 0.5 and pair['max'] - 0.5 <= hi <= pair['max'] + 5, (a, b, lo, hi)
         if pair['overlap']:
             assert lo < 0
+        # With the longer routes mixed in, the window still holds the direct one, and its cost
+        # is lowest for the direct transits.
+        lo_all, hi_all = model.window(a, b, widen=0)
+        assert lo_all <= lo and hi_all >= hi
+        assert model.cost(a, b, np.array([(pair['min'] + pair['max']) / 2]), widen=0)[0] < 1
     composed = {pair for pair, d in model.pairs.items() if d.source == 'composed'}
     assert composed == {('c001', 'c003'), ('c003', 'c001'), ('c002', 'c004'), ('c004', 'c002')}
 
@@ -226,6 +232,24 @@ def test_fit_rejects_bad_stays():
         TransitionModel.fit([0, 0], [0, 7], [0, 5], [1, 6], CAMERAS)
 
 
+
+def test_an_observed_pair_also_admits_the_routes_through_other_cameras():
+    """40 people walk c1 -> c3 directly (5 s), 40 walk c1 -> c2 -> c3 (5 s + 10 s in c2 + 5 s):
+    two tracklets of the second group in c1 and c3 are 20 s apart, so the (c1, c3) window must
+    hold 20 s too, at a finite cost above the direct transit's."""
+    rng = np.random.default_rng(0)
+    identity, camera, enter, leave = [], [], [], []
+    for person in range(80):
+        start = rng.uniform(0, 1000)
+        route = [0, 2] if person < 40 else [0, 1, 2]
+        for step, cam in enumerate(route):
+            identity.append(person), camera.append(cam), enter.append(start), leave.append(start + 10)
+            start += 10 + 5 + rng.uniform(-0.5, 0.5)
+    model = TransitionModel.fit(identity, camera, enter, leave, CAMERAS, widen_quantile=None)
+    lo, hi = model.window(CAMERAS[0], CAMERAS[2])
+    assert lo < 5 and hi > 20
+    direct, through_c2 = model.cost(CAMERAS[0], CAMERAS[2], np.array([5.0, 20.0]))
+    assert direct == 0 and 0 < through_c2 < np.inf
 
 def test_a_pair_seen_once_gets_a_smoothed_window():
     """One transit c1 -> c2 (10 s): Silverman's bandwidth of one sample is 0, so the smoothing
