@@ -6,17 +6,22 @@ from transforms import IMAGENET_MEAN, IMAGENET_STD
 
 from .base import GLOBAL_POOLS, BatchNormGroups, PretrainedWeightsError, ReIDModel, TestFeatureNet, temporal_pool
 from .densenet import DenseNet121
+from .hacnn import HACNN_ARCHS
+from .lightmbn import LIGHTMBN_ARCHS
+from .mlfn import MLFN_ARCHS
+from .mobilenetv2 import MOBILENETV2_ARCHS
 from .osnet import OSNET_ARCHS
 from .resnet import ResNet50, ResNet50M
 from .resnet_ibn import ResNet50IBNa
 from .swin import SWIN_ARCHS, SwinTransformer
 from .teacher import FrozenTeacher, load_teacher
 from .timm_net import TimmNet, is_timm_arch, timm_model_name
+from .torchreid_resnet import TORCHREID_RESNET_ARCHS
 from .vit import VIT_ARCHS, VisionTransformer
 
 __all__ = ['init_model', 'get_names', 'check_arch', 'is_transformer', 'ReIDModel', 'TestFeatureNet', 'BatchNormGroups',
            'PretrainedWeightsError', 'temporal_pool', 'CONFIG_DEFAULTS', 'SHAPING_OPTIONS', 'GLOBAL_POOLS',
-           'VIT_ARCHS', 'SWIN_ARCHS', 'OSNET_ARCHS', 'checkpoint_config', 'from_checkpoint', 'FrozenTeacher',
+           'VIT_ARCHS', 'SWIN_ARCHS', 'OSNET_ARCHS', 'ZOO_ARCHS', 'checkpoint_config', 'from_checkpoint', 'FrozenTeacher',
            'load_teacher']
 
 _CLASSIC = {
@@ -24,8 +29,11 @@ _CLASSIC = {
     'resnet50m': ResNet50M,
     'densenet121': DenseNet121,
 }
+# Models whose trees are those of published trained files (torchreid's zoo, LightMBN): -a name ->
+# (class, keyword arguments), model = cls(num_classes, **kwargs, **arch_options).
+ZOO_ARCHS = {**TORCHREID_RESNET_ARCHS, **MLFN_ARCHS, **HACNN_ARCHS, **MOBILENETV2_ARCHS, **LIGHTMBN_ARCHS}
 # Every -a name but timm:<model>; the classic three keep their 2018 tensor layout.
-NAMES = [*_CLASSIC, 'resnet50_ibn_a', *OSNET_ARCHS, *VIT_ARCHS, *SWIN_ARCHS]
+NAMES = [*_CLASSIC, 'resnet50_ibn_a', *OSNET_ARCHS, *ZOO_ARCHS, *VIT_ARCHS, *SWIN_ARCHS]
 
 # What a checkpoint records under 'model'. SHAPING_OPTIONS shape the model or the ranking, so a
 # flag that contradicts them is an error; the others describe the test input and feature, which
@@ -81,7 +89,7 @@ def init_model(name, num_classes, loss=('xent',), pretrained=True, pretrained_pa
     if not vit and (patch_stride != 16 or num_cameras):
         raise ValueError(f'--patch-stride and --camera-embedding apply to the ViTs ({", ".join(VIT_ARCHS)}), '
                          f'not to {name}')
-    if name in ('resnet50m', 'densenet121') and global_pool != 'avg':
+    if (name in ('resnet50m', 'densenet121') or name in ZOO_ARCHS) and global_pool != 'avg':
         raise ValueError(f'--global-pool applies to resnet50, resnet50_ibn_a, swin_* and timm models, not {name}')
     if last_stride != 2 and name not in ('resnet50', 'resnet50m', 'resnet50_ibn_a', 'densenet121'):
         raise ValueError(f'--last-stride applies to the ResNets, not to {name}')
@@ -97,6 +105,9 @@ def init_model(name, num_classes, loss=('xent',), pretrained=True, pretrained_pa
     elif name in OSNET_ARCHS:
         family, options = OSNET_ARCHS[name]
         model = family(num_classes, global_pool=global_pool, **options, **head)
+    elif name in ZOO_ARCHS:
+        family, options = ZOO_ARCHS[name]
+        model = family(num_classes, **options, **head)
     elif vit:
         timm_name, options = VIT_ARCHS[name]
         model = VisionTransformer(num_classes, timm_name, height=height, width=width, patch_stride=patch_stride,
