@@ -6,7 +6,8 @@ An OSNet x1.0 (models.osnet's blocks) is split after the first block of conv3: t
 `backbone` (stem, max pool, conv2, conv3's first block; LightMBN spells it `backone`, BoxMOT
 renamed it) feeds three deep copies of the rest (conv3's second block and transition, conv4,
 conv5): `global_branch`, `partial_branch`, `channel_branch`, each a (N, 512, H/16, W/16) map
-(24 x 8 at 384x128). Seven 512-d features come out, each after a BatchNorm1d neck:
+(24 x 8 at 384x128). A slice of a Sequential keeps its indices, so their first stage is
+`*_branch.0.1.*` (the block) and `*_branch.0.2.0.*` (the transition conv), as in LightMBN's files. Seven 512-d features come out, each after a BatchNorm1d neck:
   glo       the global map through `batch_drop_block`'s OSBlock, average-pooled, `reduction_0`
   glo_drop  the same map max-pooled, `reduction_4` (Top-DropBlock erases rows of it in LightMBN's
             training only; at test time both see the whole map)
