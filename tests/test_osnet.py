@@ -22,7 +22,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import checkpoints
 import export_onnx
 from feature_extractor import FeatureExtractor
-from models import CONFIG_DEFAULTS, PretrainedWeightsError, from_checkpoint, init_model
+from model_config import CONFIG_DEFAULTS, from_checkpoint
+from models import PretrainedWeightsError, init_model
 from models.osnet import AIN_BLOCK_INSTANCE_NORM, FEATURE_DIM, OSNET_ARCHS, OSNET_WIDTHS, OSNet, OSNetAIN
 
 WIDTHS = ('x1_0', 'x0_75', 'x0_5', 'x0_25')
