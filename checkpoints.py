@@ -100,11 +100,12 @@ with contextlib.suppress(ImportError):
     _SAFE_NUMPY_GLOBALS.append(_numpy_scalar)
 
 
-def load_checkpoint(path):
+def load_checkpoint(path, report=False):
     """Load a checkpoint dict safely: torch.load with weights_only=True and only numpy's scalar
     types allowed besides tensors and plain containers, so a malicious pickle is refused
     without running anything; a trained file of another project (weights.adapt_checkpoint) comes
-    back as this repo's checkpoint. Raises CheckpointError with what went wrong."""
+    back as this repo's checkpoint, and with `report` what it was recognised as and what was
+    dropped is printed. Raises CheckpointError with what went wrong."""
     if not os.path.isfile(path):
         raise CheckpointError(f'checkpoint {path} does not exist')
     try:
@@ -130,6 +131,8 @@ def load_checkpoint(path):
         raise CheckpointError(str(error)) from error
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get('state_dict'), dict):
         raise CheckpointError(f'{path} is not a re-ID checkpoint: expected a dict with a "state_dict"')
+    if report and 'source' in checkpoint:
+        print(weights.describe_adapted(checkpoint, path))
     return checkpoint
 
 
@@ -177,9 +180,10 @@ def find_last_checkpoint(save_dir):
 
 def resolve_resume(args):
     """Turn --resume auto into the newest complete checkpoint of --save-dir, or '' when there
-    is none (a fresh start), saying which; returns the loaded checkpoint or None."""
+    is none (a fresh start), saying which (and what a trained file of another project was
+    recognised as); returns the loaded checkpoint or None."""
     if args.resume != 'auto':
-        return load_checkpoint(args.resume) if args.resume else None
+        return load_checkpoint(args.resume, report=True) if args.resume else None
     path, checkpoint = find_last_checkpoint(args.save_dir)
     if path is None:
         print(f'--resume auto: no checkpoint in {args.save_dir} yet, starting fresh')

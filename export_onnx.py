@@ -173,7 +173,7 @@ def main():
         for flag, value in (('--height', args.height), ('--width', args.width)):
             if value is not None and value < 1:
                 raise ValueError(f'{flag} {value}: give a positive number of pixels')
-        checkpoint = checkpoints.load_checkpoint(args.resume)
+        checkpoint = checkpoints.load_checkpoint(args.resume, report=True)
         if args.boxmot_pt:
             config = write_boxmot_pt(checkpoint, args.boxmot_pt)
             print(f"Wrote {args.boxmot_pt}: the {config['arch']} weights in torchreid's names, for BoxMOT's .pt route"

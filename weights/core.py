@@ -219,10 +219,8 @@ def adapt_checkpoint(checkpoint, path):
 
 
 def describe_adapted(checkpoint, path):
-    """What adapt_checkpoint made of the trained file `path`, in the words of LoadReport: '' for a
-    checkpoint of this repo."""
-    if 'source' not in checkpoint:
-        return ''
+    """What adapt_checkpoint made of the trained file `path` (a checkpoint with a 'source'), in
+    the words of LoadReport."""
     report = LoadReport(path=path, source=checkpoint['source'],
                         loaded=len(checkpoint['state_dict']))
     for kind, names in checkpoint.get('dropped', {}).items():
