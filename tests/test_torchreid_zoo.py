@@ -13,10 +13,15 @@ import importlib.util
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+import checkpoints
+import weights
+from feature_extractor import FeatureExtractor
+from model_config import CheckpointError, from_checkpoint
 from models import init_model
 from models.hacnn import HACNN_SIZE, _sample_region
 from models.mlfn import GROUPS, _FactorModule
@@ -71,6 +76,16 @@ KEYS = {
         'conv1.conv.weight': (44, 3, 3, 3), 'conv2.0.conv3.0.weight': (22, 44, 1, 1),
         'conv7.2.dwconv2.conv.weight': (1344, 1, 3, 3), 'conv9.conv.weight': (1792, 448, 1, 1)},
 }
+
+
+def torchreid_file(model, arch, generator_seed=7):
+    """A torchreid zoo file as torchreid saves it ({'state_dict': DataParallel names, 'epoch',
+    'optimizer'}): our backbone under torchreid's names, with torchreid's classifier(s)."""
+    generator = torch.Generator().manual_seed(generator_seed)
+    state = {k.removeprefix('backbone.'): v.clone() for k, v in model.state_dict().items() if k.startswith('backbone.')}
+    state.update({name: torch.randn(shape, generator=generator) * 0.01 for name, shape in CLASSIFIERS[arch].items()})
+    return {'state_dict': {'module.' + k: v for k, v in state.items()}, 'epoch': 60,
+            'optimizer': {'state': {}, 'param_groups': []}}
 
 
 def _size(arch):
@@ -195,3 +210,60 @@ def test_features_match_torchreid(models, arch):
         images = torch.randn(1, 3, *size)
         with torch.no_grad():
             torch.testing.assert_close(models[arch](images), reference(images), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('arch', ARCHS)
+def test_zoo_file_is_recognised_and_evaluates_as_a_checkpoint(models, arch, tmp_path):
+    path = tmp_path / f'{arch}_market1501.pt'
+    torch.save(torchreid_file(models[arch], arch), path)
+    checkpoint = checkpoints.load_checkpoint(str(path))
+    assert checkpoint['source'] == f'torchreid {arch} file' and 'optimizer' not in checkpoint
+    rebuilt, config = from_checkpoint(checkpoint)
+    assert (config['height'], config['width']) == _size(arch) and config['arch'] == arch
+    assert config['num_classes'] == (0 if arch == 'hacnn' else NUM_IDS)  # HACNN's two classifiers are dropped
+    if arch == 'hacnn':
+        assert checkpoint['dropped'] == {'classifier': sorted(CLASSIFIERS['hacnn'])}
+    images = torch.randn(1, 3, *_size(arch))
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(images), models[arch](images))
+
+
+def test_recognition_reads_tree_and_shapes_not_names(models):
+    """MobileNetV2's tree also starts with conv1.conv and conv2.0.conv1.conv, its x1.0 stem has
+    OSNet x0.5's 32 channels: only OSNet's channel gates make an OSNet."""
+    mobilenet = {k.removeprefix('backbone.'): v for k, v in models['mobilenetv2_x1_0'].state_dict().items()}
+    assert weights.torchreid_osnet_arch(mobilenet) is None
+    assert weights.torchreid_arch(mobilenet) == 'mobilenetv2_x1_0'
+    wide = dict(mobilenet, **{'conv1.conv.weight': torch.zeros(44, 3, 3, 3)})
+    assert weights.torchreid_arch(wide) == 'mobilenetv2_x1_4'
+    torchvision_file = {k.removeprefix('backbone.'): v for k, v in models['torchreid_resnet50'].state_dict().items()}
+    torchvision_file.update({'fc.weight': torch.zeros(1000, 2048), 'fc.bias': torch.zeros(1000)})
+    assert weights.torchreid_arch(torchvision_file) is None  # an ImageNet file, not a torchreid one
+
+
+def test_stray_tensor_and_wrong_width_are_named(models, tmp_path):
+    zoo = torchreid_file(models['torchreid_resnet50_fc512'], 'torchreid_resnet50_fc512')
+    zoo['state_dict']['module.layer4.2.se.fc.weight'] = torch.zeros(8, 2048)
+    torch.save(zoo, tmp_path / 'stray.pt')
+    with pytest.raises(CheckpointError, match=r'backbone\.layer4\.2\.se\.fc\.weight'):
+        from_checkpoint(checkpoints.load_checkpoint(str(tmp_path / 'stray.pt')))
+    zoo = torchreid_file(models['mlfn'], 'mlfn')
+    zoo['state_dict']['module.fc_s.0.weight'] = torch.zeros(512, 512, 1, 1)  # another embedding width
+    torch.save(zoo, tmp_path / 'narrow.pt')
+    with pytest.raises(CheckpointError, match=r'backbone\.fc_s\.0\.weight'):
+        from_checkpoint(checkpoints.load_checkpoint(str(tmp_path / 'narrow.pt')))
+    zoo = torchreid_file(models['hacnn'], 'hacnn')
+    del zoo['state_dict']['module.fc_local.1.running_var']
+    torch.save(zoo, tmp_path / 'missing.pt')
+    with pytest.raises(CheckpointError, match=r'backbone\.fc_local\.1\.running_var'):
+        from_checkpoint(checkpoints.load_checkpoint(str(tmp_path / 'missing.pt')))
+
+
+def test_zoo_file_starts_fine_tuning_and_extracts_at_its_size(models, tmp_path):
+    path = tmp_path / 'hacnn_market1501.pt'
+    torch.save(torchreid_file(models['hacnn'], 'hacnn'), path)
+    tuned = init_model('hacnn', 10, pretrained_path=str(path))
+    assert sorted(tuned.pretrained_report.dropped['classifier']) == sorted(CLASSIFIERS['hacnn'])
+    images = [np.random.default_rng(i).integers(0, 256, (300, 120, 3), dtype=np.uint8) for i in range(2)]
+    features = FeatureExtractor(str(path))(images)  # resized to the recorded 160x64
+    assert features.shape == (2, 1024)

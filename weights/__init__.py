@@ -16,7 +16,9 @@ and its error wording, the report, the registry of trained-file sources):
   checkpoints (`base.*`, camera embedding, stride 12, JPM); grid.py: their position tables;
 - clip.py: OpenAI CLIP ViT-B/16 (state dict or TorchScript archive), CLIP-ReID's `image_encoder.*`;
 - swin.py: SOLIDER Swin-T/S/B (mmcv names), timm / Microsoft Swin;
-- osnet.py: torchreid's OSNet and OSNet-AIN files (ImageNet and re-ID zoo);
+- torchreid.py: torchreid's OSNet and OSNet-AIN files (ImageNet and re-ID zoo) and its re-ID zoo's
+  resnet50, resnet50_fc512, mlfn, hacnn, mobilenetv2_x1_0 / x1_4 files;
+- lightmbn.py: LightMBN lmbn_n trained files (`backone.` or BoxMOT's `backbone.`);
 - timm_net.py: any timm file for `-a timm:<name>`.
 
 Trained re-ID files of other projects as checkpoints: checkpoints.load_checkpoint passes every
@@ -53,14 +55,15 @@ from .clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, convert_clip, convert_opena
 from .core import (HALF, LoadReport, PretrainedWeightsError, adapt_checkpoint, describe_adapted, load_strict,
                    read_weights, register_source, trained_sources, unwrap)
 from .grid import parse_grid, resample_position_table, source_grid
-from .osnet import convert_osnet, torchreid_osnet_arch
+from .lightmbn import LIGHTMBN_MODULES
 from .resnet import LUPERSON_MEAN, LUPERSON_STD, convert_resnet
 from .swin import convert_solider_swin, convert_swin, patch_merging_mmcv_to_timm
 from .timm_net import convert_timm
+from .torchreid import convert_osnet, torchreid_arch, torchreid_osnet_arch
 from .vit import convert_vit
 
 __all__ = ['load_pretrained', 'adapt_checkpoint', 'describe_adapted', 'register_source', 'trained_sources',
-           'torchreid_osnet_arch', 'LoadReport', 'PretrainedWeightsError', 'read_weights', 'unwrap', 'load_strict',
+           'torchreid_osnet_arch', 'torchreid_arch', 'LIGHTMBN_MODULES', 'LoadReport', 'PretrainedWeightsError', 'read_weights', 'unwrap', 'load_strict',
            'resample_position_table', 'source_grid', 'parse_grid', 'convert_openai_clip_visual',
            'convert_solider_swin', 'patch_merging_mmcv_to_timm', 'LUPERSON_MEAN', 'LUPERSON_STD', 'HALF',
            'OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD']
