@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 
 import checkpoints
-import export_onnx
 from conftest import FAST, parse_results, run_script
 from feature_extractor import FeatureExtractor
 from model_config import CONFIG_DEFAULTS, CheckpointError, from_checkpoint
 from models import init_model
 from models.lightmbn import PART_DIM, PARTS
+from test_osnet import onnx_max_difference
 
 NUM_IDS = 751
 FILE_TENSORS = 1249  # LightMBN's LMBN_n state dict, classifiers and BN buffers included
@@ -171,18 +171,10 @@ def test_onnx_export_matches_pytorch(model, tmp_path):
     """LightMBN's test feature (both passes, per-part L2) in one graph, dynamic batch. About a
     minute on a 2-core CPU: torch.onnx's dynamo capture and optimiser of a graph of three OSNet
     branches, twice (the mirror pass); a smaller LightMBN does not exist."""
-    import onnxruntime
     checkpoint = {'state_dict': model.state_dict(),
                   'model': dict(CONFIG_DEFAULTS, arch='lmbn_n', arch_options={'test_feature': 'lightmbn'},
                                 height=128, width=64, dist_metric='cosine')}
-    path = str(tmp_path / 'lmbn_n.onnx')
-    graph, _, _ = export_onnx.export(checkpoint, path)
-    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
-    for batch in (1, 5):
-        images = torch.randn(batch, 3, 128, 64)
-        with torch.no_grad():
-            expected = graph(images).numpy()
-        assert np.abs(session.run(None, {'images': images.numpy()})[0] - expected).max() <= 1e-5
+    assert onnx_max_difference(checkpoint, str(tmp_path / 'lmbn_n.onnx'))[1] <= 1e-5
 
 
 def test_evaluate_resume_of_a_lightmbn_file(model, synthetic_root, tmp_path):
