@@ -142,6 +142,9 @@ def test_published_file_loads_strictly_as_a_checkpoint(model, tmp_path, trunk, w
     images = torch.randn(1, 3, 256, 128)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(images), model(images))
+    if wrapped:  # the start of fine-tuning on other identities: everything but the classifiers
+        report = init_model('lmbn_n', 10, pretrained_path=str(path)).pretrained_report
+        assert sorted(report.dropped['classifier']) == sorted(CLASSIFIERS) and report.loaded == len(rebuilt.state_dict())
 
 
 def test_stray_or_misshapen_tensor_is_named(model, tmp_path):
