@@ -21,8 +21,8 @@ from .torchreid_resnet import TORCHREID_RESNET_ARCHS
 from .vit import VIT_ARCHS, VisionTransformer
 
 __all__ = ['init_model', 'get_names', 'check_arch', 'is_transformer', 'ReIDModel', 'TestFeatureNet', 'BatchNormGroups',
-           'PretrainedWeightsError', 'temporal_pool', 'GLOBAL_POOLS', 'VIT_ARCHS', 'SWIN_ARCHS', 'OSNET_ARCHS', 'ZOO_ARCHS',
-           'FrozenTeacher', 'file_sha256']
+           'PretrainedWeightsError', 'temporal_pool', 'GLOBAL_POOLS', 'VIT_ARCHS', 'SWIN_ARCHS', 'OSNET_ARCHS',
+           'ZOO_ARCHS', 'FrozenTeacher', 'file_sha256']
 
 _CLASSIC = {
     'resnet50': ResNet50,

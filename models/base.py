@@ -10,8 +10,8 @@ from torch import nn
 
 from weights import PretrainedWeightsError
 
-__all__ = ['ReIDModel', 'TrunkFeatureModel', 'TestFeatureNet', 'BatchNormGroups', 'PretrainedWeightsError', 'temporal_pool', 'imagenet_backbone',
-           'GeneralizedMeanPooling', 'make_global_pool', 'GLOBAL_POOLS']
+__all__ = ['ReIDModel', 'TrunkFeatureModel', 'TestFeatureNet', 'BatchNormGroups', 'PretrainedWeightsError',
+           'temporal_pool', 'imagenet_backbone', 'GeneralizedMeanPooling', 'make_global_pool', 'GLOBAL_POOLS']
 
 NECKS = ('none', 'bnneck')
 NECK_FEATS = ('after', 'before')

@@ -7,7 +7,8 @@ An OSNet x1.0 (models.osnet's blocks) is split after the first block of conv3: t
 renamed it) feeds three deep copies of the rest (conv3's second block and transition, conv4,
 conv5): `global_branch`, `partial_branch`, `channel_branch`, each a (N, 512, H/16, W/16) map
 (24 x 8 at 384x128). A slice of a Sequential keeps its indices, so their first stage is
-`*_branch.0.1.*` (the block) and `*_branch.0.2.0.*` (the transition conv), as in LightMBN's files. Seven 512-d features come out, each after a BatchNorm1d neck:
+`*_branch.0.1.*` (the block) and `*_branch.0.2.0.*` (the transition conv), as in LightMBN's files.
+Seven 512-d features come out, each after a BatchNorm1d neck:
   glo       the global map through `batch_drop_block`'s OSBlock, average-pooled, `reduction_0`
   glo_drop  the same map max-pooled, `reduction_4` (Top-DropBlock erases rows of it in LightMBN's
             training only; at test time both see the whole map)
@@ -64,7 +65,8 @@ class LightMBN(ReIDModel):
     """LightMBN LMBN_n (module docstring): (N, 3, H, W) -> (N, 3584) with test_feature 'lightmbn'
     or 'boxmot', then the repo's (neck and) classifier."""
 
-    def __init__(self, num_classes, loss=('xent',), pool='avg', neck='none', neck_feat='after', test_feature='lightmbn'):
+    def __init__(self, num_classes, loss=('xent',), pool='avg', neck='none', neck_feat='after',
+                 test_feature='lightmbn'):
         super().__init__(loss, pool, neck, neck_feat)
         if test_feature not in LIGHTMBN_TEST_FEATURES:
             raise ValueError(f'unknown LightMBN test feature {test_feature!r}; choose from {LIGHTMBN_TEST_FEATURES}')

@@ -31,9 +31,10 @@ class _TorchreidResNetTrunk(nn.Module):
         set_last_stride(net, last_stride)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        self.fc = nn.Sequential(nn.Linear(2048, _FC_DIM), nn.BatchNorm1d(_FC_DIM), nn.ReLU(inplace=True)) if fc512 else None
+        self.fc = None
         self.feature_dim = _FC_DIM if fc512 else 2048
         if fc512:
+            self.fc = nn.Sequential(nn.Linear(2048, _FC_DIM), nn.BatchNorm1d(_FC_DIM), nn.ReLU(inplace=True))
             nn.init.normal_(self.fc[0].weight, 0, 0.01)  # torchreid's Linear initialisation
             nn.init.zeros_(self.fc[0].bias)
 

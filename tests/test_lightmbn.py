@@ -12,7 +12,6 @@ sum, per-part L2, flatten) and for the flat output BoxMOT uses.
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import checkpoints
 from conftest import FAST, parse_results, run_script
@@ -35,13 +34,15 @@ KEYS = {
     'backone.3.downsample.conv.weight': (384, 256, 1, 1),
     # conv3[1:] keeps its indices: the branches' first stage is `.0.1` (block) and `.0.2` (transition)
     'global_branch.0.1.conv1.conv.weight': (96, 384, 1, 1), 'global_branch.0.2.0.conv.weight': (384, 384, 1, 1),
-    'partial_branch.1.0.downsample.conv.weight': (512, 384, 1, 1), 'channel_branch.1.1.conv2d.3.conv1.weight': (128, 128, 1, 1),
+    'partial_branch.1.0.downsample.conv.weight': (512, 384, 1, 1),
+    'channel_branch.1.1.conv2d.3.conv1.weight': (128, 128, 1, 1),
     'channel_branch.2.conv.weight': (512, 512, 1, 1), 'global_branch.2.bn.running_var': (512,),
     'batch_drop_block.drop_batch_bottleneck.conv1.conv.weight': (128, 512, 1, 1),
     'batch_drop_block.drop_batch_bottleneck.gate.fc2.bias': (128,),
     'reduction_0.reduction.weight': (512, 512, 1, 1), 'reduction_4.bn.running_mean': (512,),
     'reduction_2.classifier.weight': (NUM_IDS, 512), 'shared.0.weight': (512, 256, 1, 1),
-    'shared.1.running_var': (512,), 'reduction_ch_1.bn.bias': (512,), 'reduction_ch_0.classifier.weight': (NUM_IDS, 512),
+    'shared.1.running_var': (512,), 'reduction_ch_1.bn.bias': (512,),
+    'reduction_ch_0.classifier.weight': (NUM_IDS, 512),
 }
 
 
@@ -144,7 +145,8 @@ def test_published_file_loads_strictly_as_a_checkpoint(model, tmp_path, trunk, w
         torch.testing.assert_close(rebuilt(images), model(images))
     if wrapped:  # the start of fine-tuning on other identities: everything but the classifiers
         report = init_model('lmbn_n', 10, pretrained_path=str(path)).pretrained_report
-        assert sorted(report.dropped['classifier']) == sorted(CLASSIFIERS) and report.loaded == len(rebuilt.state_dict())
+        assert sorted(report.dropped['classifier']) == sorted(CLASSIFIERS)
+        assert report.loaded == len(rebuilt.state_dict())
 
 
 def test_stray_or_misshapen_tensor_is_named(model, tmp_path):

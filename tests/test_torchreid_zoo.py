@@ -60,10 +60,13 @@ KEYS = {
         'feature.13.fsm.4.weight': (128, 512, 1, 1), 'feature.15.fm_conv3.weight': (2048, 1024, 1, 1),
         'fc_x.0.weight': (1024, 2048, 1, 1), 'fc_s.0.weight': (1024, 512, 1, 1), 'fc_s.1.running_mean': (1024,)},
     'hacnn': {
-        'conv.conv.weight': (32, 3, 3, 3), 'conv.conv.bias': (32,), 'inception1.0.stream1.0.conv.weight': (32, 32, 1, 1),
+        'conv.conv.weight': (32, 3, 3, 3),
+        'conv.conv.bias': (32,), 'inception1.0.stream1.0.conv.weight': (32, 32, 1, 1),
         'inception1.0.stream4.1.conv.weight': (32, 32, 1, 1), 'inception1.1.stream2.2.conv.weight': (32, 32, 3, 3),
-        'inception1.1.stream3.1.conv.weight': (64, 128, 1, 1), 'ha1.soft_attn.spatial_attn.conv1.conv.weight': (1, 1, 3, 3),
-        'ha1.soft_attn.channel_attn.conv1.conv.weight': (8, 128, 1, 1), 'ha3.soft_attn.conv.conv.weight': (384, 384, 1, 1),
+        'inception1.1.stream3.1.conv.weight': (64, 128, 1, 1),
+        'ha1.soft_attn.spatial_attn.conv1.conv.weight': (1, 1, 3, 3),
+        'ha1.soft_attn.channel_attn.conv1.conv.weight': (8, 128, 1, 1),
+        'ha3.soft_attn.conv.conv.weight': (384, 384, 1, 1),
         'ha2.hard_attn.fc.weight': (8, 256), 'local_conv1.stream1.0.conv.weight': (32, 32, 1, 1),
         'local_conv3.stream3.1.bn.running_var': (192,), 'fc_global.0.weight': (512, 384),
         'fc_local.0.weight': (512, 1536), 'fc_local.1.running_mean': (512,)},
@@ -159,7 +162,8 @@ def test_hacnn_region_sampling_matches_a_hand_built_transform():
     torch.testing.assert_close(_sample_region(feature_map, translation, (12, 14)), expected)
     # the initial translations (0, -0.75) ... (0, 0.75) are the four horizontal stripes: the first
     # region's centre row is at an eighth of the height
-    stripe = _sample_region(torch.arange(40.).view(1, 1, 40, 1).expand(1, 1, 40, 16), torch.tensor([[0., -0.75]]), (10, 16))
+    rows = torch.arange(40.).view(1, 1, 40, 1).expand(1, 1, 40, 16)
+    stripe = _sample_region(rows, torch.tensor([[0., -0.75]]), (10, 16))
     assert abs(stripe.mean().item() - 4.5) < 0.05
 
 
@@ -188,7 +192,8 @@ def _torchreid_module(name):
 
 def _torchreid_model(arch):
     if arch.startswith('torchreid_resnet50'):
-        return getattr(_torchreid_module('resnet'), arch.removeprefix('torchreid_'))(NUM_IDS, 'softmax', pretrained=False)
+        builder = getattr(_torchreid_module('resnet'), arch.removeprefix('torchreid_'))
+        return builder(NUM_IDS, 'softmax', pretrained=False)
     if arch == 'mlfn':
         return _torchreid_module('mlfn').mlfn(NUM_IDS, pretrained=False)
     if arch == 'hacnn':
