@@ -1,6 +1,8 @@
 """HACNN, the Harmonious Attention CNN (Li et al., "Harmonious Attention Network for Person
 Re-Identification", CVPR 2018), in torchreid's tree (torchreid/models/hacnn.py), so its `hacnn_*`
-zoo files load strictly into `backbone`. It takes 160x64 images only.
+zoo files load strictly into `backbone`. torchreid accepts 160x64 images only (its files are
+trained at that size and this repo's checkpoints of them record it); this model takes any size
+divisible by 16, the regions keeping their fixed sizes.
 
 A global branch of three Inception stages (an Inception-A block, then a stride-2 Inception-B
 block), each followed by a Harmonious Attention module that learns jointly
@@ -31,7 +33,7 @@ from .base import TrunkFeatureModel
 
 __all__ = ['HACNN', 'HACNN_ARCHS', 'HACNN_SIZE']
 
-HACNN_SIZE = (160, 64)  # the only input torchreid's HACNN takes: its local maps have fixed sizes
+HACNN_SIZE = (160, 64)  # the only input torchreid's HACNN takes
 STAGE_CHANNELS = (128, 256, 384)
 FEATURE_DIM = 512  # per branch; the test feature is 2 x 512
 REGIONS = 4
@@ -154,8 +156,8 @@ def _sample_region(feature_map, translation, size):
 
 
 class _HACNNTrunk(nn.Module):
-    """torchreid's HACNN less `classifier_global` and `classifier_local`: (N, 3, 160, 64) -> (N,
-    1024), the L2-normalised global and local features concatenated."""
+    """torchreid's HACNN less `classifier_global` and `classifier_local`: (N, 3, H, W) -> (N,
+    1024), the L2-normalised global and local features concatenated; H, W multiples of 16."""
 
     feature_dim = 2 * FEATURE_DIM
 
@@ -176,9 +178,10 @@ class _HACNNTrunk(nn.Module):
         self.fc_local = nn.Sequential(nn.Linear(c3 * REGIONS, FEATURE_DIM), nn.BatchNorm1d(FEATURE_DIM), nn.ReLU())
 
     def forward(self, images):
-        if tuple(images.shape[2:]) != HACNN_SIZE:
-            raise ValueError(f'HACNN takes {HACNN_SIZE[0]}x{HACNN_SIZE[1]} images (its local branch has fixed '
-                             f'sizes), got {images.shape[2]}x{images.shape[3]}: use --height 160 --width 64')
+        if images.shape[2] % 16 or images.shape[3] % 16:
+            raise ValueError(f'HACNN needs a height and width divisible by 16 (its attention maps are halved and '
+                             f'doubled at 1/16), got {images.shape[2]}x{images.shape[3]}; its trained files '
+                             f'take {HACNN_SIZE[0]}x{HACNN_SIZE[1]}: --height 160 --width 64')
         previous = self.conv(images)
         local = [None] * REGIONS
         stages = ((self.inception1, self.ha1, self.local_conv1), (self.inception2, self.ha2, self.local_conv2),
@@ -196,8 +199,8 @@ class _HACNNTrunk(nn.Module):
 
 
 class HACNN(TrunkFeatureModel):
-    """torchreid's HACNN (`backbone`, 1024-d feature, 160x64 input), then the repo's (neck and)
-    classifier."""
+    """torchreid's HACNN (`backbone`, 1024-d feature, 160x64 input for its files), then the
+    repo's (neck and) classifier."""
 
     def __init__(self, num_classes, loss=('xent',), pool='avg', neck='none', neck_feat='after'):
         super().__init__(num_classes, _HACNNTrunk(), loss, pool, neck, neck_feat)

@@ -122,9 +122,12 @@ def test_feature_sizes(models, arch):
         assert features.min() >= 0
 
 
-def test_hacnn_refuses_other_sizes(models):
+def test_hacnn_sizes(models):
+    """Sizes divisible by 16 run (the regions keep their fixed sizes); others are refused."""
+    with torch.no_grad():
+        assert models['hacnn'](torch.randn(1, 3, 256, 128)).shape == (1, 1024)
     with pytest.raises(ValueError, match='--height 160 --width 64'):
-        models['hacnn'](torch.randn(1, 3, 256, 128))
+        models['hacnn'](torch.randn(1, 3, 250, 118))
 
 
 def test_mlfn_factor_selection_matches_torchreids_formulation():
