@@ -148,8 +148,10 @@ class _HarmoniousAttention(nn.Module):
 def _sample_region(feature_map, translation, size):
     """The region of `feature_map` (N, C, H, W) with translation (N, 2), full width and a quarter
     of the height, bilinearly sampled (zeros outside) and resized to `size`: (N, C, *size)."""
-    scale = torch.tensor([[1.0, 0.0], [0.0, _REGION_HEIGHT]], dtype=feature_map.dtype, device=feature_map.device)
-    theta = torch.cat([scale.expand(len(translation), 2, 2), translation.unsqueeze(2)], dim=2)  # (N, 2, 3)
+    ones = torch.ones_like(translation[:, :1])  # built from tensors, so an export keeps the batch dynamic
+    zeros = torch.zeros_like(ones)
+    theta = torch.stack([torch.cat([ones, zeros, translation[:, :1]], dim=1),
+                         torch.cat([zeros, _REGION_HEIGHT * ones, translation[:, 1:]], dim=1)], dim=1)  # (N, 2, 3)
     grid = F.affine_grid(theta, list(feature_map.shape), align_corners=False)
     region = F.grid_sample(feature_map, grid, align_corners=False)
     return F.interpolate(region, size, mode='bilinear', align_corners=True)

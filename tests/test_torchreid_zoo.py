@@ -21,10 +21,11 @@ import torch.nn.functional as F
 import checkpoints
 import weights
 from feature_extractor import FeatureExtractor
-from model_config import CheckpointError, from_checkpoint
+from model_config import CONFIG_DEFAULTS, CheckpointError, from_checkpoint
 from models import init_model
 from models.hacnn import HACNN_SIZE, _sample_region
 from models.mlfn import GROUPS, _FactorModule
+from test_osnet import onnx_max_difference
 
 ARCHS = ('torchreid_resnet50', 'torchreid_resnet50_fc512', 'mlfn', 'hacnn', 'mobilenetv2_x1_0', 'mobilenetv2_x1_4')
 NUM_IDS = 751
@@ -275,3 +276,12 @@ def test_zoo_file_starts_fine_tuning_and_extracts_at_its_size(models, tmp_path):
     images = [np.random.default_rng(i).integers(0, 256, (300, 120, 3), dtype=np.uint8) for i in range(2)]
     features = FeatureExtractor(str(path))(images)  # resized to the recorded 160x64
     assert features.shape == (2, 1024)
+
+
+def test_hacnn_onnx_export_matches_pytorch(models, tmp_path):
+    """The model whose export can go wrong (the affine grid, grid sampling and fixed-size resizes
+    of its four regions; a batch size baked in) exports with a dynamic batch that ONNX Runtime
+    follows: batch 1 and 5. 25-45 s on the shared 2-core CPU (torch.onnx's dynamo capture)."""
+    checkpoint = {'state_dict': models['hacnn'].state_dict(),
+                  'model': dict(CONFIG_DEFAULTS, arch='hacnn', height=HACNN_SIZE[0], width=HACNN_SIZE[1])}
+    assert onnx_max_difference(checkpoint, str(tmp_path / 'hacnn.onnx'))[1] <= 1e-5
