@@ -52,8 +52,18 @@ import torch
 
 from . import clipreid, osnet  # noqa: F401 (importing a source module registers it)
 from .clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, convert_clip, convert_openai_clip_visual
-from .core import (HALF, LoadReport, PretrainedWeightsError, adapt_checkpoint, describe_adapted, load_strict,
-                   read_weights, register_source, trained_sources, unwrap)
+from .core import (
+    HALF,
+    LoadReport,
+    PretrainedWeightsError,
+    adapt_checkpoint,
+    describe_adapted,
+    load_strict,
+    read_weights,
+    register_source,
+    trained_sources,
+    unwrap,
+)
 from .grid import parse_grid, resample_position_table, source_grid
 from .osnet import convert_osnet, torchreid_osnet_arch
 from .resnet import LUPERSON_MEAN, LUPERSON_STD, convert_resnet
