@@ -23,6 +23,11 @@ from data_manager import cuhk03_image_name, mars_folder
 
 IMG_HEIGHT, IMG_WIDTH = 128, 64  # Market-1501's image size
 NUM_CAMERAS = 6
+# make_dukemtmcreid(walk=True): walks start within WALK_SPAN frames (about 4.6 hours at
+# DukeMTMC's 60 fps) and images of a camera are taken within WALK_STAY frames of the arrival.
+WALK_SPAN, WALK_STAY = 1_000_000, 600
+# synthetic_data.py --walk: enough identities to learn the 16 transits of the ring.
+WALK_SIZES = {'num_train_ids': 160, 'num_test_ids': 80, 'num_distractors': 40}
 
 
 @dataclass
@@ -47,7 +52,7 @@ class Camera:
     scale: float
 
 
-def _colour(rng, saturation=(0.5, 1.0), value=(0.35, 1.0)):
+def random_colour(rng, saturation=(0.5, 1.0), value=(0.35, 1.0)):
     hue = rng.uniform(0, 6)
     s, v = rng.uniform(*saturation), rng.uniform(*value)
     c = v * s
@@ -58,11 +63,11 @@ def _colour(rng, saturation=(0.5, 1.0), value=(0.35, 1.0)):
 
 def random_person(rng):
     return Person(
-        shirt=_colour(rng), shirt2=_colour(rng), pattern=int(rng.integers(4)),
-        trousers=_colour(rng, saturation=(0.2, 0.9), value=(0.15, 0.8)),
-        hair=_colour(rng, saturation=(0.2, 0.7), value=(0.05, 0.5)),
+        shirt=random_colour(rng), shirt2=random_colour(rng), pattern=int(rng.integers(4)),
+        trousers=random_colour(rng, saturation=(0.2, 0.9), value=(0.15, 0.8)),
+        hair=random_colour(rng, saturation=(0.2, 0.7), value=(0.05, 0.5)),
         skin=np.array([0.9, 0.7, 0.55]) * rng.uniform(0.5, 1.0),
-        bag=_colour(rng) if rng.random() < 0.5 else None,
+        bag=random_colour(rng) if rng.random() < 0.5 else None,
         height=rng.uniform(0.78, 0.92), girth=rng.uniform(0.32, 0.45))
 
 
@@ -79,10 +84,10 @@ def random_camera(rng, domain_shift=0.0):
         y0 = int(rng.integers(0, IMG_HEIGHT - 20))
         x0 = int(rng.integers(0, IMG_WIDTH - 10))
         clutter.append((y0, y0 + int(rng.integers(10, 50)), x0, x0 + int(rng.integers(6, 30)),
-                        _colour(rng, saturation=(0, 0.4), value=(0.2, 0.8))))
+                        random_colour(rng, saturation=(0, 0.4), value=(0.2, 0.8))))
     camera = Camera(cast=rng.uniform(0.8, 1.2, size=3), light=rng.uniform(0.7, 1.15),
-                    background=(_colour(rng, background_saturation, (0.3, 0.9)),
-                                _colour(rng, background_saturation, (0.2, 0.7))),
+                    background=(random_colour(rng, background_saturation, (0.3, 0.9)),
+                                random_colour(rng, background_saturation, (0.2, 0.7))),
                     clutter=clutter, scale=rng.uniform(0.85, 1.0))
     camera.cast = camera.cast * (1 + domain_shift * np.array([-0.4, 0.0, 0.4]))
     camera.light *= 1 - 0.4 * domain_shift
@@ -90,24 +95,24 @@ def random_camera(rng, domain_shift=0.0):
     return camera
 
 
-def render(person, camera, rng, x_shift=0.0, y_shift=0.0, phase=0.0, mirror=False,
-           crop_to=None):
-    """Draw a person seen by a camera; return an (IMG_HEIGHT, IMG_WIDTH, 3) uint8 array.
-
-    x_shift/y_shift move the person (fractions of the image), phase is the walking cycle,
-    mirror puts the bag on the other side, crop_to keeps only a band of rows (junk boxes).
-    """
-    h, w = IMG_HEIGHT, IMG_WIDTH
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+def paint_background(camera, yy):
+    """The camera's backdrop at pixel rows yy (an (H, W) grid): a vertical gradient from its
+    top to its bottom colour over the image height IMG_HEIGHT, and its clutter boxes;
+    returns an (H, W, 3) float array."""
     top, bottom = camera.background
-    img = top + (bottom - top) * (yy / h)[..., None]
+    img = top + (bottom - top) * (yy / IMG_HEIGHT)[..., None]
     for y0, y1, x0, x1, colour in camera.clutter:
         img[y0:y1, x0:x1] = colour
+    return img
 
-    body_h = person.height * camera.scale * h
-    body_w = person.girth * camera.scale * w
-    cx = w / 2 + x_shift * w
-    y_top = (h - body_h) / 2 + y_shift * h
+
+def paint_person(img, yy, xx, person, cx, y_top, body_h, body_w, phase=0.0, mirror=False):
+    """Paint a person over img ((H, W, 3) float, changed in place) whose pixel centres are at
+    rows yy and columns xx ((H, W) grids, in any coordinates; img may be a window of a larger
+    picture). The body axis is at column cx, the top of the head at row y_top, the feet at
+    y_top + body_h; body_w is the torso width; the bag reaches 0.76 body_w from the axis.
+    phase is the walking cycle, mirror puts the bag on the other side. Returns the (H, W)
+    bool mask of the pixels painted."""
     v = (yy - y_top) / body_h  # 0 at the top of the head, 1 at the feet
     u = (xx - cx) / body_w     # 0 on the body axis
 
@@ -128,19 +133,44 @@ def render(person, camera, rng, x_shift=0.0, y_shift=0.0, phase=0.0, mirror=Fals
     shirt[second] = person.shirt2
     img[torso] = shirt[torso]
     img[left_leg | right_leg] = person.trousers
+    painted = head | torso | left_leg | right_leg
     if person.bag is not None:
         side = -1 if mirror else 1
         bag = (np.abs(u - side * 0.6) <= 0.16) & (v >= 0.3) & (v < 0.5)
         img[bag] = person.bag
+        painted |= bag
+    return painted
 
+
+def expose(img, camera, rng, noise=None):
+    """What the camera records of a scene img ((H, W, 3) float in [0, 1]): its colour cast and
+    light, a random exposure change of +-10% and sensor noise (noise: an array broadcasting to
+    img, e.g. drawn once for many frames; default fresh Gaussian noise of std 0.03); an
+    (H, W, 3) uint8 array."""
+    img = img * camera.cast * camera.light * rng.uniform(0.9, 1.1)
+    img = img + (rng.normal(0, 0.03, size=img.shape) if noise is None else noise)
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def render(person, camera, rng, x_shift=0.0, y_shift=0.0, phase=0.0, mirror=False,
+           crop_to=None):
+    """Draw a person seen by a camera; return an (IMG_HEIGHT, IMG_WIDTH, 3) uint8 array.
+
+    x_shift/y_shift move the person (fractions of the image), phase is the walking cycle,
+    mirror puts the bag on the other side, crop_to keeps only a band of rows (junk boxes).
+    """
+    h, w = IMG_HEIGHT, IMG_WIDTH
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = paint_background(camera, yy)
+    body_h = person.height * camera.scale * h
+    body_w = person.girth * camera.scale * w
+    paint_person(img, yy, xx, person, cx=w / 2 + x_shift * w, y_top=(h - body_h) / 2 + y_shift * h,
+                 body_h=body_h, body_w=body_w, phase=phase, mirror=mirror)
     if crop_to is not None:
         keep = np.zeros(h, dtype=bool)
         keep[crop_to[0]:crop_to[1]] = True
-        img[~keep] = top
-
-    img = img * camera.cast * camera.light * rng.uniform(0.9, 1.1)
-    img = img + rng.normal(0, 0.03, size=img.shape)
-    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+        img[~keep] = camera.background[0]
+    return expose(img, camera, rng)
 
 
 def _save(array, path):
@@ -288,36 +318,54 @@ def _write(path, array):
     _save(array, path)
 
 
-def make_dukemtmcreid(out_dir, num_train_ids=4, num_test_ids=4, num_distractors=2, seed=0):
+def make_dukemtmcreid(out_dir, num_train_ids=4, num_test_ids=4, num_distractors=2, seed=0, walk=False):
     """Write out_dir/DukeMTMC-reID/{bounding_box_train,query,bounding_box_test}/ (out_dir is
     <root>/dukemtmc-reid) with names like 0001_c2_f0046182.jpg, cameras 1-8.
 
     pids are drawn from 1..7140 as in the real data (so their set is not in ascending order);
     each test id has one query in each of two cameras and 1-2 gallery images per camera;
     distractors are ordinary ids found only in the gallery. No junk.
+
+    walk: the frame numbers follow a camera-to-camera walk (for --st): the cameras form a ring
+    c1 - c2 - ... - c8 - c1; each identity arrives in a random camera at a random frame of
+    WALK_SPAN and walks on to a neighbour, either way round, arriving that ordered pair's
+    transit time later (3,000-30,000 frames, fixed per pair, +-5% per walk); its images in a
+    camera are taken within WALK_STAY frames of its arrival. The images are the same as
+    without walk; only the cameras and frame numbers change. Without walk, frames just count up.
     """
     rng = np.random.default_rng(seed + 2)
     cameras = [random_camera(rng) for _ in range(8)]
     pids = [int(p) + 1 for p in rng.choice(7140, num_train_ids + num_test_ids + num_distractors, replace=False)]
     base = os.path.join(out_dir, 'DukeMTMC-reID')
     frame = iter(range(40000, 10**7, 7))
+    clock = np.random.default_rng(seed + 3)  # the walk's own stream, so the images do not change
+    transit = clock.uniform(3000, 30000, size=(8, 8))
 
-    def shoot(person, pid, cam, folder):
-        _write(os.path.join(base, folder, f'{pid:04d}_c{cam}_f{next(frame):07d}.jpg'),
-               _half(snapshot(person, cameras[cam - 1], rng)))
+    def shoot(person, pid, cam, folder, arrival=None):
+        number = next(frame) if arrival is None else int(arrival + clock.uniform(0, WALK_STAY))
+        while os.path.exists(path := os.path.join(base, folder, f'{pid:04d}_c{cam}_f{number:07d}.jpg')):
+            number += 1  # two images of one walk drawn at the same frame
+        _write(path, _half(snapshot(person, cameras[cam - 1], rng)))
 
     for i, pid in enumerate(pids):
         person = random_person(rng)
         cams = sorted(int(c) + 1 for c in rng.choice(8, 2, replace=False))
+        arrival = {}
+        if walk:
+            first = int(clock.integers(8))
+            second = (first + (1 if clock.random() < 0.5 else -1)) % 8
+            start = clock.uniform(0, WALK_SPAN)
+            cams = [first + 1, second + 1]
+            arrival = {first + 1: start, second + 1: start + transit[first, second] * clock.uniform(0.95, 1.05)}
         for cam in cams:
             if i < num_train_ids:
-                shoot(person, pid, cam, 'bounding_box_train')
-                shoot(person, pid, cam, 'bounding_box_train')
+                shoot(person, pid, cam, 'bounding_box_train', arrival.get(cam))
+                shoot(person, pid, cam, 'bounding_box_train', arrival.get(cam))
                 continue
             if i < num_train_ids + num_test_ids:
-                shoot(person, pid, cam, 'query')
+                shoot(person, pid, cam, 'query', arrival.get(cam))
             for _ in range(int(rng.integers(1, 3))):
-                shoot(person, pid, cam, 'bounding_box_test')
+                shoot(person, pid, cam, 'bounding_box_test', arrival.get(cam))
 
 
 def _write_mat_v73(path, cells, testsets):
@@ -623,6 +671,10 @@ def main():
                         help='market1501 only: cameras of another domain (dim, tinted, busy backgrounds, smaller '
                              'persons), to train on one domain and adapt to the other; STRENGTH from 0 (none) to 1 '
                              '(the full shift, the default when the flag is given alone) scales every change')
+    parser.add_argument('--walk', action='store_true',
+                        help='dukemtmcreid only: frame numbers follow walks between cameras, for --st, with '
+                             f'{WALK_SIZES["num_train_ids"]} train, {WALK_SIZES["num_test_ids"]} test and '
+                             f'{WALK_SIZES["num_distractors"]} distractor identities')
     parser.add_argument('--datasets', nargs='+', choices=list(MAKERS), default=['market1501', 'mars'],
                         help='image_folder and video_folder go to <root>/image_folder and '
                              '<root>/video_folder: pass that folder as --root to train on them')
@@ -638,8 +690,10 @@ def main():
         # Build beside the target and rename, so an interrupted run leaves no half dataset.
         partial = out_dir + '.partial'
         shutil.rmtree(partial, ignore_errors=True)
-        shift = {'domain_shift': args.domain_shift} if args.domain_shift and name == 'market1501' else {}
-        maker(partial, seed=args.seed, **shift)
+        options = {'domain_shift': args.domain_shift} if args.domain_shift and name == 'market1501' else {}
+        if args.walk and name == 'dukemtmcreid':
+            options = {'walk': True, **WALK_SIZES}
+        maker(partial, seed=args.seed, **options)
         os.replace(partial, out_dir)
         print(f'Wrote synthetic {name} to {out_dir}')
 

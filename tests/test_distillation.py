@@ -13,8 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-import distributed
 import checkpoints
+import distributed
 import engine
 import model_config
 import models

@@ -16,6 +16,7 @@ and its error wording, the report, the registry of trained-file sources):
   checkpoints (`base.*`, camera embedding, stride 12, JPM); grid.py: their position tables;
 - clip.py: OpenAI CLIP ViT-B/16 (state dict or TorchScript archive), CLIP-ReID's `image_encoder.*`;
 - swin.py: SOLIDER Swin-T/S/B (mmcv names), timm / Microsoft Swin;
+- clipreid.py: CLIP-ReID's trained ViT-B-16 files whole (BN-necks, projection), a trained-file source;
 - torchreid.py: torchreid's OSNet and OSNet-AIN files (ImageNet and re-ID zoo) and its re-ID zoo's
   resnet50, resnet50_fc512, mlfn, hacnn, mobilenetv2_x1_0 / x1_4 files;
 - lightmbn.py: LightMBN lmbn_n trained files (`backone.` or BoxMOT's `backbone.`);
@@ -40,7 +41,7 @@ checkpoint of this repo included). A source module plugs in with three things:
                 'dropped': {'kind': [source tensor names], ...}}
     register_source('name', recognise, to_checkpoint)   # at the module's end (core.register_source)
 
-and an import of the module below (importing it registers its source). Once a
+and its name in the `from . import ...` line below (importing it registers its source). Once a
 file looks like the source, to_checkpoint is strict: a stray, missing or misshapen tensor (a
 missing BN-neck, another width) raises PretrainedWeightsError naming it and what was expected
 (load_strict words it so for a model's own state dict). Source modules import nothing of
@@ -51,11 +52,21 @@ less its classifier, strictly into the model.
 """
 import torch
 
+from . import clipreid, lightmbn, torchreid  # noqa: F401 (importing a source module registers it)
 from .clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, convert_clip, convert_openai_clip_visual
-from .core import (HALF, LoadReport, PretrainedWeightsError, adapt_checkpoint, describe_adapted, load_strict,
-                   read_weights, register_source, trained_sources, unwrap)
+from .core import (
+    HALF,
+    LoadReport,
+    PretrainedWeightsError,
+    adapt_checkpoint,
+    describe_adapted,
+    load_strict,
+    read_weights,
+    register_source,
+    trained_sources,
+    unwrap,
+)
 from .grid import parse_grid, resample_position_table, source_grid
-from .lightmbn import LIGHTMBN_MODULES
 from .resnet import LUPERSON_MEAN, LUPERSON_STD, convert_resnet
 from .swin import convert_solider_swin, convert_swin, patch_merging_mmcv_to_timm
 from .timm_net import convert_timm
@@ -63,7 +74,8 @@ from .torchreid import convert_osnet, torchreid_arch, torchreid_osnet_arch
 from .vit import convert_vit
 
 __all__ = ['load_pretrained', 'adapt_checkpoint', 'describe_adapted', 'register_source', 'trained_sources',
-           'torchreid_osnet_arch', 'torchreid_arch', 'LIGHTMBN_MODULES', 'LoadReport', 'PretrainedWeightsError', 'read_weights', 'unwrap', 'load_strict',
+           'torchreid_osnet_arch', 'torchreid_arch', 'LoadReport', 'PretrainedWeightsError', 'read_weights', 'unwrap',
+           'load_strict',
            'resample_position_table', 'source_grid', 'parse_grid', 'convert_openai_clip_visual',
            'convert_solider_swin', 'patch_merging_mmcv_to_timm', 'LUPERSON_MEAN', 'LUPERSON_STD', 'HALF',
            'OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD']
