@@ -250,6 +250,15 @@ def test_recognition_reads_tree_and_shapes_not_names(models):
     assert weights.torchreid_arch(torchvision_file) is None  # an ImageNet file, not a torchreid one
 
 
+def test_recorded_distance_is_torchreids(tmp_path):
+    """torchreid's MODEL_ZOO evaluates its OSNet-AIN files with the cosine distance, the others
+    with the Euclidean one."""
+    for arch, metric in (('osnet_ain_x0_25', 'cosine'), ('osnet_x0_25', 'euclidean')):
+        model = init_model(arch, 0, pretrained=False)
+        torch.save({k.removeprefix('backbone.'): v for k, v in model.state_dict().items()}, tmp_path / 'file.pth')
+        assert checkpoints.load_checkpoint(str(tmp_path / 'file.pth'))['model']['dist_metric'] == metric
+
+
 def test_stray_tensor_and_wrong_width_are_named(models, tmp_path):
     zoo = torchreid_file(models['torchreid_resnet50_fc512'], 'torchreid_resnet50_fc512')
     zoo['state_dict']['module.layer4.2.se.fc.weight'] = torch.zeros(8, 2048)

@@ -20,6 +20,9 @@ __all__ = ['torchreid_osnet_arch', 'torchreid_arch', 'convert_osnet', 'TORCHREID
 
 # torchreid's test size of a family where it is not 256x128: HACNN's local branch has fixed sizes
 TORCHREID_TEST_SIZES = {'hacnn': (160, 64)}
+# torchreid's MODEL_ZOO evaluates every osnet_ain file (cross-domain, multi-source) with the cosine
+# distance, its other zoo files with the Euclidean one
+_COSINE_PREFIX = 'osnet_ain_'
 _MOBILENETV2_STEM_WIDTHS = {32: 'mobilenetv2_x1_0', 44: 'mobilenetv2_x1_4'}  # int(32 x multiplier)
 _CLASSIFIERS = {'hacnn': ('classifier_global.', 'classifier_local.')}  # dropped; other families keep theirs
 
@@ -75,13 +78,15 @@ def convert_osnet(state, model, report, grid=None):
 def to_checkpoint(state_dict, arch, path):
     """A torchreid zoo file in this repo's names: its backbone under `backbone.`, its classifier
     kept (same names) or, for HACNN, dropped; torchreid's test setting (256x128, or 160x64 for
-    HACNN; ImageNet normalisation, no neck, Euclidean distance); nothing of its training state."""
+    HACNN; ImageNet normalisation, no neck, Euclidean distance or, for OSNet-AIN, cosine); nothing
+    of its training state."""
     dropped_prefixes = _CLASSIFIERS.get(arch, ())
     dropped = sorted(k for k in state_dict if k.startswith(dropped_prefixes)) if dropped_prefixes else []
     state = {(k if k.startswith('classifier.') else 'backbone.' + k): v
              for k, v in state_dict.items() if k not in dropped}
     height, width = TORCHREID_TEST_SIZES.get(arch, (256, 128))
-    config = {'arch': arch, 'neck': 'none', 'dist_metric': 'euclidean', 'height': height, 'width': width,
+    metric = 'cosine' if arch.startswith(_COSINE_PREFIX) else 'euclidean'
+    config = {'arch': arch, 'neck': 'none', 'dist_metric': metric, 'height': height, 'width': width,
               'pixel_mean': list(IMAGENET_MEAN), 'pixel_std': list(IMAGENET_STD)}
     return {'state_dict': state, 'arch': arch, 'model': config, 'source': f'torchreid {arch} file',
             'dropped': {'classifier': dropped} if dropped else {}}
