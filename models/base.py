@@ -8,16 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ['ReIDModel', 'TestFeatureNet', 'BatchNormGroups', 'PretrainedWeightsError', 'temporal_pool', 'imagenet_backbone',
-           'GeneralizedMeanPooling', 'make_global_pool', 'GLOBAL_POOLS']
+from weights import PretrainedWeightsError
+
+__all__ = ['ReIDModel', 'TrunkFeatureModel', 'TestFeatureNet', 'BatchNormGroups', 'PretrainedWeightsError',
+           'temporal_pool', 'imagenet_backbone', 'GeneralizedMeanPooling', 'make_global_pool', 'GLOBAL_POOLS']
 
 NECKS = ('none', 'bnneck')
 NECK_FEATS = ('after', 'before')
 GLOBAL_POOLS = ('avg', 'max', 'gem')
-
-
-class PretrainedWeightsError(RuntimeError):
-    """ImageNet weights could not be obtained."""
 
 
 def temporal_pool(frame_features, pool):
@@ -159,6 +157,21 @@ class ReIDModel(nn.Module):
 
     def _features(self, images, camids):
         return self.features(images, camids) if self.num_cameras else self.features(images)
+
+
+class TrunkFeatureModel(ReIDModel):
+    """A model whose `backbone` computes the pooled feature itself: (N, 3, H, W) -> (N,
+    backbone.feature_dim), then the repo's (neck and) classifier. The backbones of torchreid's
+    zoo families (models.torchreid_resnet, mlfn, hacnn, mobilenetv2) are torchreid's module trees
+    less the classifier, so torchreid's files load into `backbone` strictly."""
+
+    def __init__(self, num_classes, backbone, loss=('xent',), pool='avg', neck='none', neck_feat='after'):
+        super().__init__(loss, pool, neck, neck_feat)
+        self.backbone = backbone
+        self.build_head(backbone.feature_dim, num_classes)
+
+    def features(self, images):
+        return self.backbone(images)
 
 
 class TestFeatureNet(nn.Module):

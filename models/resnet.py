@@ -6,21 +6,28 @@ from torchvision.models import ResNet50_Weights, resnet50
 
 from .base import ReIDModel, imagenet_backbone, make_global_pool
 
-__all__ = ['ResNet50', 'ResNet50M']
+__all__ = ['ResNet50', 'ResNet50M', 'set_last_stride']
 
 
-def _resnet50_trunk(pretrained, pretrained_path, last_stride):
-    """torchvision ResNet50 without avgpool and fc, as nn.Sequential indices 0..7
-    (conv1, bn1, relu, maxpool, layer1..layer4): the `base.N` names of the 2018 checkpoints.
+def set_last_stride(net, last_stride):
+    """Give torchvision-layout ResNet `net` (stride on the 3x3 conv) a layer4 stride of 1 or 2.
 
     last_stride 1 keeps layer4 at the resolution of layer3 (a 16x8 map for 256x128 input
     instead of 8x4); the weights are the same, only the stride of its first block changes."""
     if last_stride not in (1, 2):
         raise ValueError(f'last stride must be 1 or 2, got {last_stride}')
+    net.layer4[0].conv2.stride = (last_stride, last_stride)
+    net.layer4[0].downsample[0].stride = (last_stride, last_stride)
+
+
+def _resnet50_trunk(pretrained, pretrained_path, last_stride):
+    """torchvision ResNet50 without avgpool and fc, as nn.Sequential indices 0..7
+    (conv1, bn1, relu, maxpool, layer1..layer4): the `base.N` names of the 2018 checkpoints;
+    layer4's stride is last_stride (set_last_stride)."""
+    if last_stride not in (1, 2):
+        raise ValueError(f'last stride must be 1 or 2, got {last_stride}')
     net = imagenet_backbone(resnet50, ResNet50_Weights.IMAGENET1K_V1, pretrained, pretrained_path)
-    if last_stride == 1:
-        net.layer4[0].conv2.stride = (1, 1)
-        net.layer4[0].downsample[0].stride = (1, 1)
+    set_last_stride(net, last_stride)
     return nn.Sequential(*list(net.children())[:-2])
 
 

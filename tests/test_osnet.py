@@ -22,7 +22,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import checkpoints
 import export_onnx
 from feature_extractor import FeatureExtractor
-from models import CONFIG_DEFAULTS, PretrainedWeightsError, from_checkpoint, init_model
+from model_config import CONFIG_DEFAULTS, from_checkpoint
+from models import PretrainedWeightsError, init_model
 from models.osnet import AIN_BLOCK_INSTANCE_NORM, FEATURE_DIM, OSNET_ARCHS, OSNET_WIDTHS, OSNet, OSNetAIN
 
 WIDTHS = ('x1_0', 'x0_75', 'x0_5', 'x0_25')
@@ -418,7 +419,7 @@ def test_bad_configurations_are_refused():
         OSNetAIN(3, block_instance_norm=((True,), (False, True), (True, False)))
 
 
-def test_torchreid_zoo_file_evaluates_as_a_checkpoint(tmp_path):
+def test_torchreid_zoo_file_evaluates_as_a_checkpoint(tmp_path, capsys):
     """A torchreid re-ID zoo file ({'state_dict': module.<torchreid names>} with its classifier
     and training state) is a checkpoint here: arch and width read off its tensors, backbone
     under `backbone.`, features as the model's own."""
@@ -428,8 +429,9 @@ def test_torchreid_zoo_file_evaluates_as_a_checkpoint(tmp_path):
     path = tmp_path / 'osnet_x0_25_msmt17.pth'
     torch.save({'state_dict': {'module.' + k: v for k, v in zoo.items()}, 'epoch': 150,
                 'optimizer': {'state': {}, 'param_groups': []}}, path)
-    checkpoint = checkpoints.load_checkpoint(str(path))
+    checkpoint = checkpoints.load_checkpoint(str(path), report=True)
     assert checkpoint['arch'] == 'osnet_x0_25' and 'optimizer' not in checkpoint
+    assert f'Trained file {path}: torchreid osnet_x0_25 file' in capsys.readouterr().out
     rebuilt, config = from_checkpoint(checkpoint)
     assert config['num_classes'] == 751 and config['arch'] == 'osnet_x0_25'
     ours = FeatureExtractor({'state_dict': model.state_dict(), 'model': dict(CONFIG_DEFAULTS, arch='osnet_x0_25')})
@@ -480,16 +482,24 @@ def test_boxmot_pt_route_is_torchreids_layout(tmp_path):
 
 @pytest.mark.parametrize('arch', ['osnet_x0_25', 'osnet_ain_x0_25'])
 def test_onnx_export_matches_pytorch(tmp_path, arch):
-    import onnxruntime
     torch.manual_seed(2)
     model = init_model(arch, 9, pretrained=False)
     checkpoint = {'state_dict': model.state_dict(), 'model': dict(CONFIG_DEFAULTS, arch=arch, height=128, width=64)}
-    path = str(tmp_path / f'{arch}.onnx')
-    graph, _, _ = export_onnx.export(checkpoint, path)
+    graph, difference = onnx_max_difference(checkpoint, str(tmp_path / f'{arch}.onnx'))
     assert graph.renormalize is None  # ImageNet weights: the graph takes the trackers' input as it is
+    assert difference <= 1e-5
+
+
+def onnx_max_difference(checkpoint, path, batches=(1, 5)):
+    """(graph module, max |ONNX Runtime - PyTorch|) of export_onnx.export(checkpoint, path) at
+    the checkpoint's size, one random batch of each size (the graph has a dynamic batch)."""
+    import onnxruntime
+    graph, config, _ = export_onnx.export(checkpoint, path)
     session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
-    for batch in (1, 5):
-        images = torch.randn(batch, 3, 128, 64)
+    difference = 0.0
+    for batch in batches:
+        images = torch.randn(batch, 3, config['height'], config['width'])
         with torch.no_grad():
             expected = graph(images).numpy()
-        assert np.abs(session.run(None, {'images': images.numpy()})[0] - expected).max() <= 1e-5
+        difference = max(difference, np.abs(session.run(None, {'images': images.numpy()})[0] - expected).max())
+    return graph, difference
