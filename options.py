@@ -215,7 +215,8 @@ def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False
                       help='translate: Random2DTranslation + flip (classic); pad-crop: flip, pad 10 (at 256x128, '
                            'scaled with the size), random crop (BoT); flip: resize + flip (OSNet) (default: %(default)s)')
     data.add_argument('--resize-mode', choices=RESIZE_MODES,
-                      help="pil: PIL's antialiased resize; tracker: bilinear without antialiasing, as trackers "
+                      help="pil: PIL's antialiased resize; pil-bicubic: PIL's bicubic (fast-reid's test resize); "
+                           "tracker: bilinear without antialiasing, as trackers "
                            "(OpenCV's INTER_LINEAR) resize their crops: the choice for a model that will run in a "
                            "tracker (default: the checkpoint's, else pil)")
     data.add_argument('--random-erasing', type=float, default=0.0, metavar='P',

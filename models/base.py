@@ -13,7 +13,7 @@ __all__ = ['ReIDModel', 'TestFeatureNet', 'BatchNormGroups', 'PretrainedWeightsE
 
 NECKS = ('none', 'bnneck')
 NECK_FEATS = ('after', 'before')
-GLOBAL_POOLS = ('avg', 'max', 'gem')
+GLOBAL_POOLS = ('avg', 'max', 'gem', 'gem_fixed')
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -30,13 +30,18 @@ def temporal_pool(frame_features, pool):
 
 
 class GeneralizedMeanPooling(nn.Module):
-    """Generalised-mean (GeM) pooling (Radenovic et al., TPAMI 2018) with a learnable exponent:
-    (N, C, H, W) -> (N, C), mean(x.clamp(min=eps) ** p) ** (1 / p) over H and W. p = 1 is average
-    pooling and p -> infinity max pooling; p starts at 3, as in fast-reid's GeM-p."""
+    """Generalised-mean (GeM) pooling (Radenovic et al., TPAMI 2018): (N, C, H, W) -> (N, C),
+    mean(x.clamp(min=eps) ** p) ** (1 / p) over H and W. p = 1 is average pooling and p -> infinity
+    max pooling. trainable: p is a parameter (`p` in the state dict) starting at 3, as in
+    fast-reid's GeM-p; otherwise p stays 3 and is no tensor of the state dict, as in fast-reid's
+    fixed GeM (its AGW recipe)."""
 
-    def __init__(self, p=3.0, eps=1e-6):
+    def __init__(self, p=3.0, eps=1e-6, trainable=True):
         super().__init__()
-        self.p = nn.Parameter(torch.tensor(float(p)))
+        if trainable:
+            self.p = nn.Parameter(torch.tensor(float(p)))
+        else:
+            self.register_buffer('p', torch.tensor(float(p)), persistent=False)
         self.eps = eps
 
     def forward(self, feature_map):
@@ -63,11 +68,14 @@ class _GlobalPool(nn.Module):
 
 
 def make_global_pool(kind):
-    """The spatial pooling of a CNN or Swin feature map (--global-pool): 'avg', 'max' or 'gem'
-    (GeneralizedMeanPooling, whose p is a parameter: `global_pool.p` in the state dict)."""
+    """The spatial pooling of a CNN or Swin feature map (--global-pool): 'avg', 'max', 'gem'
+    (GeneralizedMeanPooling, whose p is a parameter: `global_pool.p` in the state dict) or
+    'gem_fixed' (p fixed at 3)."""
     if kind not in GLOBAL_POOLS:
         raise ValueError(f'unknown global pooling {kind!r}; choose from {GLOBAL_POOLS}')
-    return GeneralizedMeanPooling() if kind == 'gem' else _GlobalPool(kind)
+    if kind.startswith('gem'):
+        return GeneralizedMeanPooling(trainable=kind == 'gem')
+    return _GlobalPool(kind)
 
 
 class ReIDModel(nn.Module):
