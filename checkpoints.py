@@ -1,7 +1,9 @@
-"""Checkpoint files and training runs: atomic writing, safe loading (weights_only), loading
-weights into a model; what a checkpoint holds, --resume auto, and the restore of weights,
-optimizers, loss state and random streams for an exact resume (of a distilled run too: the
-teacher's SHA-256 is recorded and checked).
+"""Checkpoint files and training runs: atomic writing, safe loading (weights_only; trained files
+of other projects converted by weights.adapt_checkpoint), a checkpoint file as a distillation
+teacher; what a checkpoint holds, --resume auto, and the restore of weights, optimizers, loss
+state and random streams for an exact resume (of a distilled run too: the teacher's SHA-256 is
+recorded and checked). The model config a checkpoint records, and the model rebuilt from it,
+are model_config.py's.
 
 Files in --save-dir: checkpoint_ep{N}.pth.tar at each evaluation, best_model.pth.tar when
 Rank-1 improves, and checkpoint_last.pth.tar every --save-freq epochs, each written
@@ -19,17 +21,14 @@ import numpy as np
 import torch
 
 import distributed
-import options
+import models
 import utils
 import weights
+from model_config import CheckpointError, config_from_args, from_checkpoint, load_model_weights
 
 __all__ = ['CheckpointError', 'write_atomic', 'save_checkpoint', 'copy_file_atomic', 'load_checkpoint',
-           'load_model_weights', 'find_last_checkpoint', 'resolve_resume', 'restore_training_state',
+           'load_teacher', 'find_last_checkpoint', 'resolve_resume', 'restore_training_state',
            'check_teacher', 'distillation_record', 'save_training_state']
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file cannot be used: missing, not a checkpoint, truncated or unsafe."""
 
 
 _UMASK = os.umask(0)
@@ -101,10 +100,12 @@ with contextlib.suppress(ImportError):
     _SAFE_NUMPY_GLOBALS.append(_numpy_scalar)
 
 
-def load_checkpoint(path):
+def load_checkpoint(path, report=False):
     """Load a checkpoint dict safely: torch.load with weights_only=True and only numpy's scalar
     types allowed besides tensors and plain containers, so a malicious pickle is refused
-    without running anything. Raises CheckpointError with what went wrong."""
+    without running anything; a trained file of another project (weights.adapt_checkpoint) comes
+    back as this repo's checkpoint, and with `report` what it was recognised as and what was
+    dropped is printed. Raises CheckpointError with what went wrong."""
     if not os.path.isfile(path):
         raise CheckpointError(f'checkpoint {path} does not exist')
     try:
@@ -124,37 +125,27 @@ def load_checkpoint(path):
     if isinstance(checkpoint, dict) and 'state_dict' not in checkpoint and \
             all(torch.is_tensor(v) for v in checkpoint.values()):
         checkpoint = {'state_dict': checkpoint}  # a bare state dict
+    try:
+        checkpoint = weights.adapt_checkpoint(checkpoint, path)
+    except weights.PretrainedWeightsError as error:
+        raise CheckpointError(str(error)) from error
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get('state_dict'), dict):
         raise CheckpointError(f'{path} is not a re-ID checkpoint: expected a dict with a "state_dict"')
-    return weights.adapt_torchreid_checkpoint(checkpoint)
+    if report and 'source' in checkpoint:
+        print(weights.describe_adapted(checkpoint, path))
+    return checkpoint
 
 
-def load_model_weights(model, state_dict):
-    """Load weights into `model`, accepting checkpoints of other runs and of the 2018 code.
-
-    A 'module.' prefix (saved from DataParallel) is stripped; num_batches_tracked, which old
-    PyTorch did not save, may be missing; a classifier of another shape (another number of
-    training identities), or one on one side only (unsupervised models have none), is skipped,
-    which is fine for evaluation, where only features count. Anything else that does not
-    match is an error. Returns the names of skipped tensors.
-    """
-    state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()}
-    own = model.state_dict()
-    skipped = [k for k, v in state_dict.items()
-               if k.startswith('classifier.') and (k not in own or own[k].shape != v.shape)]
-    skipped += [k for k in own if k.startswith('classifier.') and k not in state_dict]
-    for k in skipped:
-        state_dict.pop(k, None)
-    mismatched = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
-    if mismatched:
-        raise CheckpointError(f'tensor shapes differ from the model for {mismatched[:3]} (wrong --arch?)')
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    missing = [k for k in missing if not k.endswith('num_batches_tracked') and k not in skipped]
-    if missing or unexpected:
-        raise CheckpointError(
-            f'the checkpoint does not fit this model (wrong --arch?): {len(missing)} missing tensors '
-            f'(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})')
-    return skipped
+def load_teacher(path, student_mean, student_std, datasets, device='cpu'):
+    """The models.FrozenTeacher of a checkpoint file (load_checkpoint, model_config.from_checkpoint)
+    on `device`, for a student normalised with student_mean / student_std and trained on
+    `datasets` (the -d names; a teacher with a camera embedding trained on the same ones reads the
+    batch's camera ids). Raises CheckpointError for a file that is not a usable checkpoint."""
+    checkpoint = load_checkpoint(path)
+    model, config = from_checkpoint(checkpoint, device)
+    same_data = checkpoint.get('args', {}).get('dataset') == list(datasets)
+    return models.FrozenTeacher(model, config, student_mean, student_std, cameras=same_data,
+                                path=os.path.abspath(path), sha256=models.file_sha256(path))
 
 
 def find_last_checkpoint(save_dir):
@@ -189,9 +180,10 @@ def find_last_checkpoint(save_dir):
 
 def resolve_resume(args):
     """Turn --resume auto into the newest complete checkpoint of --save-dir, or '' when there
-    is none (a fresh start), saying which; returns the loaded checkpoint or None."""
+    is none (a fresh start), saying which (and what a trained file of another project was
+    recognised as); returns the loaded checkpoint or None."""
     if args.resume != 'auto':
-        return load_checkpoint(args.resume) if args.resume else None
+        return load_checkpoint(args.resume, report=True) if args.resume else None
     path, checkpoint = find_last_checkpoint(args.save_dir)
     if path is None:
         print(f'--resume auto: no checkpoint in {args.save_dir} yet, starting fresh')
@@ -287,7 +279,7 @@ def save_training_state(model, criterion, optimizer, center_optimizer, scaler, e
         return None
     state = {
         'state_dict': model.state_dict(), 'epoch': epoch, 'arch': args.arch,
-        'model': options.model_config(args, video), 'best_rank1': float(best[0]), 'best_epoch': best[1],
+        'model': config_from_args(args, video), 'best_rank1': float(best[0]), 'best_epoch': best[1],
         'optimizer': optimizer.state_dict(), 'args': vars(args),
     }
     rng_ranks = distributed.all_gather_objects(utils.rng_state())

@@ -18,6 +18,7 @@ from torch.utils.data import Subset
 import checkpoints
 import data_manager
 import distributed
+import model_config
 import models
 import options
 import rerank
@@ -395,13 +396,13 @@ def build_model(args, num_classes, loss):
                               global_pool=args.global_pool, height=args.height, width=args.width,
                               patch_stride=args.patch_stride, num_cameras=args.num_cameras,
                               camera_weight=args.camera_embedding_weight, drop_path=args.drop_path,
-                              pretrained_grid=args.pretrained_grid)
+                              pretrained_grid=args.pretrained_grid, arch_options=args.arch_options)
     report = model.pretrained_report
     if report is not None:
         print(report)
     if args.pixel_mean is None or args.pixel_std is None:
-        default = (report.pixel_mean, report.pixel_std) if report else (models.CONFIG_DEFAULTS['pixel_mean'],
-                                                                        models.CONFIG_DEFAULTS['pixel_std'])
+        default = (report.pixel_mean, report.pixel_std) if report else (model_config.CONFIG_DEFAULTS['pixel_mean'],
+                                                                        model_config.CONFIG_DEFAULTS['pixel_std'])
         args.pixel_mean, args.pixel_std = args.pixel_mean or default[0], args.pixel_std or default[1]
     if args.lr is None:
         person = report is not None and report.person_pretrained
@@ -413,12 +414,12 @@ def build_model(args, num_classes, loss):
 
 def build_distillation(args, num_classes, device):
     """The --teacher objective: losses.DistillationLoss around the frozen teacher of the
-    checkpoint args.teacher (models.load_teacher) on `device`, which re-normalises and resizes
+    checkpoint args.teacher (checkpoints.load_teacher) on `device`, which re-normalises and resizes
     the student's batch for itself. Says what it is; raises UsageError when --kd-logit needs
     class probabilities over the student's num_classes identities and the teacher's classifier
     has another number."""
     try:
-        teacher = models.load_teacher(args.teacher, args.pixel_mean, args.pixel_std, args.dataset, device)
+        teacher = checkpoints.load_teacher(args.teacher, args.pixel_mean, args.pixel_std, args.dataset, device)
     except checkpoints.CheckpointError as error:
         raise UsageError(f'--teacher: {error}') from error
     print(teacher.describe(args.height, args.width))

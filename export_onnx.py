@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 import checkpoints
+import model_config
 import models
 from feature_extractor import feature_net
 from transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -147,7 +148,7 @@ def write_boxmot_pt(checkpoint, path):
     OSNet it builds, whatever the file is called) and 'model_kwargs' {'img_size': [H, W]} (the
     crop size; without it BoxMOT resizes to its 256x128 default). Raises ValueError for other
     models or a name without BoxMOT's `.pt` suffix."""
-    config = models.checkpoint_config(checkpoint)
+    config = model_config.checkpoint_config(checkpoint)
     arch = config['arch']
     if arch not in models.OSNET_ARCHS:
         raise ValueError(f'--boxmot-pt: BoxMOT builds its own networks for .pt files; this is a {arch} checkpoint, '
@@ -172,7 +173,7 @@ def main():
         for flag, value in (('--height', args.height), ('--width', args.width)):
             if value is not None and value < 1:
                 raise ValueError(f'{flag} {value}: give a positive number of pixels')
-        checkpoint = checkpoints.load_checkpoint(args.resume)
+        checkpoint = checkpoints.load_checkpoint(args.resume, report=True)
         if args.boxmot_pt:
             config = write_boxmot_pt(checkpoint, args.boxmot_pt)
             print(f"Wrote {args.boxmot_pt}: the {config['arch']} weights in torchreid's names, for BoxMOT's .pt route"

@@ -132,8 +132,11 @@ def extract(args):
         raise InputError(f'--output {args.output}: use a .npz, .h5 or .npy file name')
     if torch.device(args.device).type == 'cuda' and not torch.cuda.is_available():
         raise InputError(f'--device {args.device}: CUDA is not available here; use --device cpu')
-    checkpoint = args.resume or pretrained_checkpoint(args.arch, args.pretrained_path, args.height, args.width,
-                                                      args.pretrained_grid)
+    if args.resume:
+        checkpoint = checkpoints.load_checkpoint(args.resume, report=True)
+    else:
+        checkpoint = pretrained_checkpoint(args.arch, args.pretrained_path, args.height, args.width,
+                                           args.pretrained_grid)
     extractor = FeatureExtractor(checkpoint, device=args.device, batch_size=args.batch_size, amp=args.amp)
     pattern = re.compile(args.camera_pattern) if args.camera_pattern else None
     if extractor.num_cameras:

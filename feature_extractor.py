@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import checkpoints
+import model_config
 import models
 from dataset_loader import VideoDataset, read_image
 from transforms import build_transforms, normalize
@@ -27,7 +28,7 @@ def feature_net(checkpoint, device='cpu'):
     except for video, whose features are normalised only after the frames are pooled, as the
     evaluation does.
     """
-    model, config = models.from_checkpoint(checkpoint, device)
+    model, config = model_config.from_checkpoint(checkpoint, device)
     unit_length = config['dist_metric'] == 'cosine' and not config['video']
     return models.TestFeatureNet(model, flip=config['flip_test'], normalize=unit_length).eval(), config
 
@@ -41,7 +42,7 @@ def pretrained_checkpoint(arch, pretrained_path=None, height=256, width=128, pre
     model = models.init_model(arch, 1, pretrained=bool(pretrained_path), pretrained_path=pretrained_path,
                               height=height, width=width, pretrained_grid=pretrained_grid)
     report = model.pretrained_report
-    config = dict(models.CONFIG_DEFAULTS, arch=arch, height=height, width=width, dist_metric='cosine')
+    config = dict(model_config.CONFIG_DEFAULTS, arch=arch, height=height, width=width, dist_metric='cosine')
     if report is not None:
         print(report)
         config.update(pixel_mean=report.pixel_mean, pixel_std=report.pixel_std)
@@ -52,7 +53,7 @@ class FeatureExtractor:
     """Callable that turns images (or, for a video checkpoint, tracklets) into test features.
 
     checkpoint: a path or a dict as checkpoints.load_checkpoint returns it. Everything that shapes the
-    test feature comes from its recorded model config (models.checkpoint_config): arch, last
+    test feature comes from its recorded model config (model_config.checkpoint_config): arch, last
     stride, neck and neck feature, flip test, input size and resize, pixel mean and std, camera embedding, and
     for video the temporal pooling and frame sampling (pretrained_checkpoint() makes such a dict
     for a model with pretrained weights only). With the cosine metric the features are L2-normalised (for video, after

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 
 from eval_metrics import METRICS, _ordered_keys
 
-__all__ = ['GallerySearch', 'FeatureFile', 'FaissIndex', 'SearchError', 'DTYPES', 'plan_blocks',
+__all__ = ['GallerySearch', 'GalleryFiles', 'FeatureFile', 'FaissIndex', 'SearchError', 'DTYPES', 'plan_blocks',
            'merge_topk', 'ranked_list_metrics', 'retrieval_report', 'format_report']
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -303,6 +303,40 @@ class _Filters:
         self.q_times, self.g_times = tensor(q_times, torch.float64), tensor(g_times, torch.float64)
         self.window, self.exclude_window = window, exclude_window
 
+    @classmethod
+    def of_search(cls, gallery, num_query, device, query_camids=None, query_pids=None, query_times=None,
+                  exclude_same_camera=False, time_window=None, exclude_time_window=None, junk=None):
+        """The filters of a search's arguments (GallerySearch.search) over a GalleryFiles, checked
+        against it; None when nothing is filtered."""
+        kwargs = {}
+        if exclude_same_camera:
+            g_camids = gallery.column('camids')
+            if query_camids is None or g_camids is None:
+                raise SearchError('exclude_same_camera needs query camids and gallery camids '
+                                  "(a 'camids' key in the files, gallery_camids=, or --camera-pattern)")
+            kwargs.update(q_camids=_check_length(query_camids, num_query, 'query_camids'), g_camids=g_camids)
+            if query_pids is not None:
+                g_pids = gallery.column('pids')
+                if g_pids is None:
+                    raise SearchError('query pids given but the gallery has none; '
+                                      'leave them out for the camera-only exclusion')
+                kwargs.update(q_pids=_check_length(query_pids, num_query, 'query_pids'), g_pids=g_pids)
+        if time_window is not None or exclude_time_window is not None:
+            g_times = gallery.column('times')
+            if g_times is None:
+                raise SearchError("a time window needs gallery times ('times' in the files, gallery_times=, "
+                                  'or --time-pattern)')
+            kwargs.update(g_times=g_times, q_times=_check_length(query_times, num_query, 'query_times'),
+                          window=time_window, exclude_window=exclude_time_window)
+        if junk is not None and len(junk):
+            junk = np.asarray(junk, dtype=np.int64)
+            if junk.min() < 0 or junk.max() >= gallery.num:
+                raise SearchError(f'junk indices must be in [0, {gallery.num})')
+            mask = np.zeros(gallery.num, dtype=bool)
+            mask[junk] = True
+            kwargs['junk'] = mask
+        return cls(device, **kwargs) if kwargs else None
+
     def removed(self, q, g):
         mask = None
 
@@ -347,6 +381,24 @@ class _Running:
         if self.num_pending >= self.scores.numel():
             self.merge()
 
+    def offer(self, scores, first, exact, scratch):
+        """The candidates of a block's (Q, n) scores, gallery columns first .. first + n - 1:
+        only entries above the running k-th score can enter (an equal one loses the tie: the
+        running entries come from earlier blocks, lower indices). After a few blocks they are
+        few, and far cheaper to collect than a topk of the block. exact: ties at a block's k-th
+        score resolved by index (_block_topk); scratch: a bool buffer of the block's size."""
+        num_query, k = self.scores.shape
+        found = _above_threshold(scores, self.threshold.to(scores.dtype), scratch) if self.full else None
+        if found is not None and len(found[0]) <= 2 * num_query * k:
+            rows_found, columns_found, values_found = found
+            self.add(rows_found, values_found.float(), columns_found + first)
+            return
+        values, columns = _block_topk(scores, k, exact)
+        columns, order = columns.sort(dim=1)  # gallery order within each row, see add
+        values = values.gather(1, order)
+        row_ids = torch.arange(num_query, device=scores.device)[:, None].expand_as(columns)
+        self.add(row_ids.reshape(-1), values.float().reshape(-1), (columns + first).reshape(-1))
+
     def merge(self):
         if not self.pending:
             return
@@ -382,6 +434,72 @@ def _check_length(values, expected, what):
     return values
 
 
+class GalleryFiles:
+    """Gallery feature files read as one gallery: .npz / .h5 / .npy paths (FeatureFile) or numpy
+    arrays, in that order, a gallery index counting across them; their features by block
+    (pieces) or by index (rows), their camids / pids / times / paths columns, and the metric they
+    record. camids, pids, times: (N,) arrays that override the files' own."""
+
+    def __init__(self, gallery_files, camids=None, pids=None, times=None):
+        if isinstance(gallery_files, (str, os.PathLike, np.ndarray)):
+            gallery_files = [gallery_files]
+        if not gallery_files:
+            raise SearchError('no gallery file given')
+        self.parts = [_ArrayFile(f) if isinstance(f, np.ndarray) else FeatureFile(f) for f in gallery_files]
+        dims = {f.dim for f in self.parts}
+        if len(dims) > 1:
+            raise SearchError('the gallery files have different feature sizes: '
+                              + ', '.join(f'{f.path} {f.dim}' for f in self.parts))
+        self.dim = dims.pop()
+        self.offsets = np.cumsum([0] + [f.num for f in self.parts])
+        self.num = int(self.offsets[-1])
+        recorded = {f.metric for f in self.parts if f.metric is not None}
+        if len(recorded) > 1:
+            raise SearchError('the gallery files record different metrics: '
+                              + ', '.join(f'{f.path} {f.metric}' for f in self.parts if f.metric))
+        self.metric = recorded.pop() if recorded else None  # the metric the files record, if any
+        self._columns = {'camids': camids, 'pids': pids, 'times': times}
+        for name, values in self._columns.items():
+            _check_length(values, self.num, f'gallery_{name}')
+
+    def column(self, name):
+        """The gallery's (N,) camids / pids / times / paths over all files, or None if any file
+        lacks it (loaded once)."""
+        if self._columns.get(name) is None:
+            parts = [f.column(name) for f in self.parts]
+            self._columns[name] = None if any(p is None for p in parts) else np.concatenate(parts)
+        return self._columns[name]
+
+    def paths(self, indices):
+        """Gallery paths of an array of gallery indices ('' for -1)."""
+        indices = np.asarray(indices)
+        paths = self.column('paths')
+        if paths is None:
+            raise SearchError('the gallery files carry no paths')
+        return np.where(indices >= 0, paths[np.maximum(indices, 0)], '')
+
+    def pieces(self, start, stop, rows):
+        """(file, local start, local stop, global start) blocks of at most `rows` covering
+        gallery rows [start, stop), none crossing a file boundary."""
+        for number, f in enumerate(self.parts):
+            lo, hi = max(start, self.offsets[number]), min(stop, self.offsets[number + 1])
+            for first in range(int(lo), int(hi), rows):
+                local = first - int(self.offsets[number])
+                yield f, local, min(local + rows, int(hi - self.offsets[number])), first
+
+    def rows(self, indices):
+        """(len(indices), D) float32 gallery features at the given gallery indices (any order)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        number = np.searchsorted(self.offsets, indices, side='right') - 1
+        if (number == number[0]).all():  # one file: no second copy
+            return np.asarray(self.parts[number[0]].take(indices - self.offsets[number[0]]), dtype=np.float32)
+        out = np.empty((len(indices), self.dim), dtype=np.float32)
+        for n in np.unique(number):
+            at = number == n
+            out[at] = self.parts[n].take(indices[at] - self.offsets[n])
+        return out
+
+
 class GallerySearch:
     """Exact top-k over gallery feature files (see the module docstring).
 
@@ -397,29 +515,16 @@ class GallerySearch:
 
     def __init__(self, gallery_files, metric=None, device='cpu', dtype='fp32', memory_mb=256,
                  cache_on_device=None, gallery_camids=None, gallery_pids=None, gallery_times=None):
-        if isinstance(gallery_files, (str, os.PathLike, np.ndarray)):
-            gallery_files = [gallery_files]
-        if not gallery_files:
-            raise SearchError('no gallery file given')
-        self.files = [_ArrayFile(f) if isinstance(f, np.ndarray) else FeatureFile(f) for f in gallery_files]
-        dims = {f.dim for f in self.files}
-        if len(dims) > 1:
-            raise SearchError('the gallery files have different feature sizes: '
-                              + ', '.join(f'{f.path} {f.dim}' for f in self.files))
-        self.dim = dims.pop()
-        self.offsets = np.cumsum([0] + [f.num for f in self.files])
-        self.num = int(self.offsets[-1])
-        recorded = {f.metric for f in self.files if f.metric is not None}
-        if len(recorded) > 1:
-            raise SearchError('the gallery files record different metrics: '
-                              + ', '.join(f'{f.path} {f.metric}' for f in self.files if f.metric))
+        self.files = GalleryFiles(gallery_files, camids=gallery_camids, pids=gallery_pids, times=gallery_times)
+        self.dim, self.num = self.files.dim, self.files.num
+        recorded = self.files.metric
         if metric is None:
-            if not recorded:
+            if recorded is None:
                 raise SearchError('the gallery files do not record their metric; pass metric= (--metric) '
                                   "'cosine' or 'euclidean' (the checkpoint's dist_metric)")
-            metric = recorded.pop()
-        elif recorded and metric not in recorded:
-            raise SearchError(f'metric {metric!r}, but the gallery files record {recorded.pop()!r}')
+            metric = recorded
+        elif recorded is not None and metric != recorded:
+            raise SearchError(f'metric {metric!r}, but the gallery files record {recorded!r}')
         if metric not in METRICS:
             raise SearchError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
         if dtype not in DTYPES:
@@ -432,35 +537,18 @@ class GallerySearch:
         self.memory_mb = memory_mb
         self.cache_on_device = cache_on_device
         self._cache, self._buffers = {}, {}
-        self._columns = {'camids': gallery_camids, 'pids': gallery_pids, 'times': gallery_times}
-        for name, values in self._columns.items():
-            _check_length(values, self.num, f'gallery_{name}')
 
     def column(self, name):
-        """The gallery's (N,) camids / pids / times / paths over all files, or None if any file
-        lacks it (loaded once)."""
-        if self._columns.get(name) is None:
-            parts = [f.column(name) for f in self.files]
-            self._columns[name] = None if any(p is None for p in parts) else np.concatenate(parts)
-        return self._columns[name]
+        """The gallery's (N,) camids / pids / times / paths (GalleryFiles.column)."""
+        return self.files.column(name)
 
     def paths(self, indices):
         """Gallery paths of an array of gallery indices ('' for -1)."""
-        indices = np.asarray(indices)
-        paths = self.column('paths')
-        if paths is None:
-            raise SearchError('the gallery files carry no paths')
-        out = np.where(indices >= 0, paths[np.maximum(indices, 0)], '')
-        return out
+        return self.files.paths(indices)
 
-    def _pieces(self, start, stop, rows):
-        """(file, local start, local stop, global start) blocks of at most `rows` covering
-        gallery rows [start, stop), none crossing a file boundary."""
-        for number, f in enumerate(self.files):
-            lo, hi = max(start, self.offsets[number]), min(stop, self.offsets[number + 1])
-            for first in range(int(lo), int(hi), rows):
-                local = first - int(self.offsets[number])
-                yield f, local, min(local + rows, int(hi - self.offsets[number])), first
+    def rows(self, indices):
+        """(len(indices), D) float32 gallery features at the given gallery indices (any order)."""
+        return self.files.rows(indices)
 
     def _prepare(self, block, device, first, reuse):
         """A (n, D) numpy block -> the gallery side of the product on `device`: the unit
@@ -492,7 +580,7 @@ class GallerySearch:
             yield from self._cache[key]
             return
         kept = []
-        for f, lo, hi, first in self._pieces(start, stop, rows):
+        for f, lo, hi, first in self.files.pieces(start, stop, rows):
             prepared = (first, *self._prepare(f.rows(lo, hi), device, first, reuse=not cache))
             if cache:
                 kept.append(prepared)
@@ -535,19 +623,7 @@ class GallerySearch:
                     q_index = torch.arange(q_start, q_start + len(q), device=device)[:, None]
                     g_index = torch.arange(first, first + n, device=device)[None, :]
                     scores.masked_fill_(filters.removed(q_index, g_index), -math.inf)
-                # Only entries above the running k-th score can enter (an equal one loses the tie:
-                # the running entries come from earlier blocks, lower indices). After a few
-                # blocks they are few, and far cheaper to collect than a topk of the block.
-                found = _above_threshold(scores, best.threshold.to(out_dtype), above) if best.full else None
-                if found is not None and len(found[0]) <= 2 * len(q) * k:
-                    rows_found, columns_found, values_found = found
-                    best.add(rows_found, values_found.float(), columns_found + first)
-                else:
-                    values, columns = _block_topk(scores, k, exact)
-                    columns, order = columns.sort(dim=1)  # gallery order within each row, see _Running
-                    values = values.gather(1, order)
-                    row_ids = torch.arange(len(q), device=device)[:, None].expand_as(columns)
-                    best.add(row_ids.reshape(-1), values.float().reshape(-1), (columns + first).reshape(-1))
+                best.offer(scores, first, exact, above)
         results = [best.result() for best in running]
         return torch.cat([v.cpu() for v, _ in results]), torch.cat([i.cpu() for _, i in results])
 
@@ -563,34 +639,9 @@ class GallerySearch:
     def filters(self, num_query, query_camids=None, query_pids=None, query_times=None, exclude_same_camera=False,
                 time_window=None, exclude_time_window=None, junk=None, device='cpu'):
         """The _Filters of a search (None when nothing is filtered), checked against the gallery."""
-        kwargs = {}
-        if exclude_same_camera:
-            g_camids = self.column('camids')
-            if query_camids is None or g_camids is None:
-                raise SearchError('exclude_same_camera needs query camids and gallery camids '
-                                  "(a 'camids' key in the files, gallery_camids=, or --camera-pattern)")
-            kwargs.update(q_camids=_check_length(query_camids, num_query, 'query_camids'), g_camids=g_camids)
-            if query_pids is not None:
-                g_pids = self.column('pids')
-                if g_pids is None:
-                    raise SearchError('query pids given but the gallery has none; '
-                                      'leave them out for the camera-only exclusion')
-                kwargs.update(q_pids=_check_length(query_pids, num_query, 'query_pids'), g_pids=g_pids)
-        if time_window is not None or exclude_time_window is not None:
-            g_times = self.column('times')
-            if g_times is None:
-                raise SearchError("a time window needs gallery times ('times' in the files, gallery_times=, "
-                                  'or --time-pattern)')
-            kwargs.update(g_times=g_times, q_times=_check_length(query_times, num_query, 'query_times'),
-                          window=time_window, exclude_window=exclude_time_window)
-        if junk is not None and len(junk):
-            junk = np.asarray(junk, dtype=np.int64)
-            if junk.min() < 0 or junk.max() >= self.num:
-                raise SearchError(f'junk indices must be in [0, {self.num})')
-            mask = np.zeros(self.num, dtype=bool)
-            mask[junk] = True
-            kwargs['junk'] = mask
-        return _Filters(device, **kwargs) if kwargs else None
+        return _Filters.of_search(self.files, num_query, device, query_camids=query_camids, query_pids=query_pids,
+                                  query_times=query_times, exclude_same_camera=exclude_same_camera,
+                                  time_window=time_window, exclude_time_window=exclude_time_window, junk=junk)
 
     def search(self, query_features, k, query_camids=None, query_pids=None, query_times=None,
                exclude_same_camera=False, time_window=None, exclude_time_window=None, junk=None):
@@ -635,18 +686,6 @@ class GallerySearch:
         indices = indices.clone()
         indices[missing] = -1
         return indices.numpy(), distances.numpy()
-
-    def rows(self, indices):
-        """(len(indices), D) float32 gallery features at the given gallery indices (any order)."""
-        indices = np.asarray(indices, dtype=np.int64)
-        number = np.searchsorted(self.offsets, indices, side='right') - 1
-        if (number == number[0]).all():  # one file: no second copy
-            return np.asarray(self.files[number[0]].take(indices - self.offsets[number[0]]), dtype=np.float32)
-        out = np.empty((len(indices), self.dim), dtype=np.float32)
-        for n in np.unique(number):
-            at = number == n
-            out[at] = self.files[n].take(indices[at] - self.offsets[n])
-        return out
 
     def _rescore(self, q, scores, indices):
         """Exact float32 scores of the candidates (Q, C), read back from the files in query
@@ -734,7 +773,7 @@ class FaissIndex:
                     ivf.cp.niter = kmeans_iterations
                 sample = np.linspace(0, gallery.num - 1, min(train_size, gallery.num)).astype(np.int64)
                 self.index.train(self._vectors(gallery.rows(np.unique(sample))))
-            for f, lo, hi, _ in gallery._pieces(0, gallery.num, STREAM_ROWS):
+            for f, lo, hi, _ in gallery.files.pieces(0, gallery.num, STREAM_ROWS):
                 self.index.add(self._vectors(f.rows(lo, hi)))
             self.build_seconds = time.perf_counter() - start
             if path:

@@ -5,6 +5,7 @@ import argparse
 import os
 
 import data_manager
+import model_config
 import models
 import rerank
 import weights
@@ -12,7 +13,7 @@ from solver import OPTIMIZERS, SCHEDULERS
 from transforms import AUGMENTATIONS, RESIZE_MODES
 
 __all__ = ['UsageError', 'get_args_parser', 'recipe_settings', 'print_recipe', 'flag_name', 'dataset_options',
-           'resolve_model_config', 'model_config']
+           'resolve_model_config']
 
 
 class UsageError(Exception):
@@ -177,7 +178,7 @@ class ReIDArgumentParser(argparse.ArgumentParser):
 
 def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False, triplet=False):
     """The scripts' flags, with the script's defaults. Options that a checkpoint records
-    (models.CONFIG_DEFAULTS) default to None here: resolve_model_config fills them in from the
+    (model_config.CONFIG_DEFAULTS) default to None here: resolve_model_config fills them in from the
     checkpoint being resumed, or from the defaults."""
     parser = ReIDArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 video=video, triplet=triplet)
@@ -408,15 +409,15 @@ def _flag_values(args):
 
 def resolve_model_config(args, checkpoint=None):
     """Fill the model flags left unset from the checkpoint's recorded config (or the defaults:
-    args.model_defaults where a script sets them, else models.CONFIG_DEFAULTS), in place, and
+    args.model_defaults where a script sets them, else model_config.CONFIG_DEFAULTS), in place, and
     return the list of (flag, value) taken from the checkpoint.
 
     Raises ValueError when a flag given explicitly contradicts an option that shapes the model
-    or its ranking (models.SHAPING_OPTIONS) as the checkpoint records it.
+    or its ranking (model_config.SHAPING_OPTIONS) as the checkpoint records it.
     """
-    recorded = models.checkpoint_config(checkpoint) if checkpoint is not None else {}
+    recorded = model_config.checkpoint_config(checkpoint) if checkpoint is not None else {}
     authoritative = checkpoint is not None and 'model' in checkpoint
-    defaults = {**models.CONFIG_DEFAULTS, **getattr(args, 'model_defaults', {})}  # a script's own model
+    defaults = {**model_config.CONFIG_DEFAULTS, **getattr(args, 'model_defaults', {})}  # a script's own model
     taken = []
     values = _flag_values(args)
     for key, value in values.items():
@@ -426,7 +427,7 @@ def resolve_model_config(args, checkpoint=None):
             values[key] = recorded.get(key, defaults[key])
             if key in recorded:
                 taken.append((key, values[key]))
-        elif authoritative and key in models.SHAPING_OPTIONS and value != recorded[key]:
+        elif authoritative and key in model_config.SHAPING_OPTIONS and value != recorded[key]:
             flag = flag_name({'neck': 'bnneck', 'camera_weight': 'camera_embedding_weight'}.get(key, key))
             raise ValueError(f'{flag} {value} contradicts the checkpoint {args.resume}, whose model has '
                              f'{key} = {recorded[key]}; leave the flag out to use the checkpoint\'s')
@@ -438,6 +439,7 @@ def resolve_model_config(args, checkpoint=None):
         args.camera_embedding = True
         taken.append(('camera_embedding', f'{cameras} cameras'))
     args.num_cameras = cameras  # a fresh model takes the training set's count (engine.run)
+    args.arch_options = recorded.get('arch_options', defaults['arch_options'])  # no flag: the file's
     args.arch, args.last_stride, args.neck_feat = values['arch'], values['last_stride'], values['neck_feat']
     args.global_pool, args.patch_stride = values['global_pool'], values['patch_stride']
     args.camera_embedding_weight = values['camera_weight']
@@ -450,16 +452,3 @@ def resolve_model_config(args, checkpoint=None):
     if hasattr(args, 'pool'):
         args.pool = values['pool']
     return taken
-
-
-def model_config(args, video):
-    """The config a checkpoint records (models.CONFIG_DEFAULTS' keys) from resolved args."""
-    return {'arch': args.arch, 'last_stride': args.last_stride, 'neck': 'bnneck' if args.bnneck else 'none',
-            'neck_feat': args.neck_feat, 'dist_metric': args.dist_metric, 'global_pool': args.global_pool,
-            'patch_stride': args.patch_stride, 'num_cameras': args.num_cameras,
-            'camera_weight': args.camera_embedding_weight, 'pixel_mean': list(args.pixel_mean),
-            'pixel_std': list(args.pixel_std), 'pool': getattr(args, 'pool', 'avg'),
-            'flip_test': args.flip_test, 'height': args.height, 'width': args.width,
-            'resize_mode': args.resize_mode, 'video': video,
-            'seq_len': getattr(args, 'seq_len', models.CONFIG_DEFAULTS['seq_len']),
-            'test_sample': getattr(args, 'test_sample', models.CONFIG_DEFAULTS['test_sample'])}

@@ -25,12 +25,10 @@ inside its model), cosine distance, the BN-neck output as the feature.
 """
 import re
 
-import torch
-
 from models.base import PretrainedWeightsError
 from transforms import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ['recognise', 'to_checkpoint', 'read_architecture', 'ARCH']
+__all__ = ['ARCH', 'read_architecture', 'recognise', 'to_checkpoint']
 
 ARCH = 'fastreid_baseline'
 _BASELINE_PREFIXES = ('backbone.', 'heads.')
@@ -61,7 +59,7 @@ def _fail(path, message):
 
 
 def _era(state, path):
-    has = lambda prefix: any(k.startswith(prefix) for k in state)  # noqa: E731
+    has = lambda prefix: any(k.startswith(prefix) for k in state)
     if has('heads.bnneck.'):
         if has('heads.bottleneck.'):
             _fail(path, "heads.bottleneck.* next to heads.bnneck.*: fast-reid v0.1's ReductionHead (an embedding "

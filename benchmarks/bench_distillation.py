@@ -26,6 +26,7 @@ from scipy.stats import spearmanr
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.insert(0, REPO)
 import data_manager  # noqa: E402
+import model_config  # noqa: E402
 import models  # noqa: E402
 import synthetic_data  # noqa: E402
 import utils  # noqa: E402
@@ -53,7 +54,7 @@ def untrained_checkpoint(arch, num_classes, seed):
     else draws random numbers."""
     utils.set_seed(seed)
     model = models.init_model(arch, num_classes, pretrained=False, height=64, width=32)
-    return {'state_dict': model.state_dict(), 'model': dict(models.CONFIG_DEFAULTS, arch=arch, height=64, width=32)}
+    return {'state_dict': model.state_dict(), 'model': dict(model_config.CONFIG_DEFAULTS, arch=arch, height=64, width=32)}
 
 
 def measure(checkpoint, dataset):

@@ -43,6 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
+import model_config  # noqa: E402
 import models  # noqa: E402
 from export_onnx import export  # noqa: E402
 from feature_extractor import feature_net  # noqa: E402
@@ -64,7 +65,7 @@ def default_warmup(batch):
 def make_checkpoint(arch, height, width):
     """A checkpoint dict, in memory, of a randomly initialised `arch` at height x width."""
     model = models.init_model(arch, 751, pretrained=False, height=height, width=width).eval()
-    return {'state_dict': model.state_dict(), 'model': dict(models.CONFIG_DEFAULTS, arch=arch, height=height,
+    return {'state_dict': model.state_dict(), 'model': dict(model_config.CONFIG_DEFAULTS, arch=arch, height=height,
                                                             width=width)}
 
 

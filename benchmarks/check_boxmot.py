@@ -29,6 +29,7 @@ sys.path.insert(0, REPO)
 import checkpoints  # noqa: E402
 import data_manager  # noqa: E402
 import export_onnx  # noqa: E402
+import model_config  # noqa: E402
 import models  # noqa: E402
 import synthetic_data  # noqa: E402
 from feature_extractor import FeatureExtractor  # noqa: E402
@@ -102,7 +103,7 @@ def main():
         sys.exit('BoxMOT is not installed here: run this in its environment (pip install "boxmot[onnx]"), which '
                  'needs this repo\'s requirements too')
     checkpoint = checkpoints.load_checkpoint(args.resume)
-    config = models.checkpoint_config(checkpoint)
+    config = model_config.checkpoint_config(checkpoint)
     with tempfile.TemporaryDirectory() as root:
         synthetic_data.make_market1501(os.path.join(root, 'market1501'), seed=0)
         dataset = data_manager.init_dataset('market1501', root=root, verbose=False)

@@ -8,16 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from weights import PretrainedWeightsError
+
 __all__ = ['ReIDModel', 'TestFeatureNet', 'BatchNormGroups', 'PretrainedWeightsError', 'temporal_pool', 'imagenet_backbone',
            'GeneralizedMeanPooling', 'make_global_pool', 'GLOBAL_POOLS']
 
 NECKS = ('none', 'bnneck')
 NECK_FEATS = ('after', 'before')
 GLOBAL_POOLS = ('avg', 'max', 'gem', 'gem_fixed')
-
-
-class PretrainedWeightsError(RuntimeError):
-    """ImageNet weights could not be obtained."""
 
 
 def temporal_pool(frame_features, pool):

@@ -31,8 +31,6 @@ reads it off the file):
 The first block of ResNeSt's layer4 keeps a 3x3 stride-1 average pool ("avd") after its
 split-attention conv in every era: with last stride 1 it blurs instead of downsampling.
 """
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .base import ReIDModel, make_global_pool
@@ -83,8 +81,9 @@ class NonLocal(nn.Module):
 
 
 class _StagedBackbone(nn.Module):
-    """A stem and four stages, each optionally followed, after some of its blocks, by non-local
-    blocks: (B, 3, H, W) -> (B, C, H / 16, W / 16) at last stride 1 (H / 32 at 2)."""
+    """A stem (`conv1`, `bn1`, `relu`, `maxpool`) and four stages (`layer1`..`layer4`), with non-local
+    blocks after some blocks of a stage: (B, 3, H, W) -> (B, C, H / 16, W / 16) at last stride 1
+    (H / 32 at 2). Subclasses build the modules."""
 
     def _add_non_local(self, name, non_local, widths):
         """Registers NL_1..NL_4 (fast-reid's `backbone.NL_k.i.*`) for `non_local` ('one', 'half'
@@ -102,7 +101,8 @@ class _StagedBackbone(nn.Module):
             self.non_local_after[stage] = list(range(blocks - count, blocks))
 
     def stem(self, images):
-        raise NotImplementedError
+        """conv1 (a 7x7 conv, or ResNeSt's three 3x3 convs), bn1, relu, max-pool."""
+        return self.maxpool(self.relu(self.bn1(self.conv1(images))))
 
     def forward(self, images):
         x = self.stem(images)
@@ -175,9 +175,6 @@ class FastReIDResNet(_StagedBackbone):
         self.feat_dim = planes[3] * expansion
         init_resnet_weights(self)
         self._add_non_local(name, non_local, [p * expansion for p in planes])
-
-    def stem(self, images):
-        return self.maxpool(self.relu(self.bn1(self.conv1(images))))
 
 
 class SplitAttentionConv(nn.Module):
@@ -282,9 +279,6 @@ class FastReIDResNeSt(_StagedBackbone):
         self.feat_dim = 2048
         init_resnet_weights(self)
         self._add_non_local('resnest50', non_local, (256, 512, 1024, 2048))
-
-    def stem(self, images):
-        return self.maxpool(self.relu(self.bn1(self.conv1(images))))
 
 
 def build_backbone(name, last_stride=1, ibn=False, non_local=None, stem_pool=None, layer4_dilation=None):

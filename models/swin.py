@@ -25,7 +25,7 @@ class SwinTransformer(ReIDModel):
 
     `semantic_scale` / `semantic_shift` (buffers, (3, C_k) per stage k = 1..3, identity unless
     SOLIDER weights set them): SOLIDER's semantic controller, a fixed per-channel affine on the
-    tokens right after the patch merging that opens stages 1, 2 and 3 (weights.py computes it
+    tokens right after the patch merging that opens stages 1, 2 and 3 (weights/swin.py computes it
     from the file's `semantic_embed_*` tensors at lambda 0.2).
     """
 

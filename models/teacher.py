@@ -1,14 +1,13 @@
 """A trained re-ID model as the frozen teacher of knowledge distillation (--teacher): any checkpoint
 of this repo, whatever its architecture and feature size, fed the student's training batch in its
-own preprocessing."""
+own preprocessing (checkpoints.load_teacher makes one of a checkpoint file)."""
 import hashlib
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ['FrozenTeacher', 'load_teacher', 'file_sha256']
+__all__ = ['FrozenTeacher', 'file_sha256']
 
 
 def file_sha256(path):
@@ -92,19 +91,3 @@ class FrozenTeacher(nn.Module):
             lines.append('  its camera embedding reads the batch\'s camera ids' if self.cameras else
                          '  its camera embedding was trained on other datasets: camera-agnostic teacher features')
         return '\n'.join(lines)
-
-
-def load_teacher(path, student_mean, student_std, datasets, device='cpu'):
-    """The FrozenTeacher of a checkpoint file (checkpoints.load_checkpoint, models.from_checkpoint)
-    on `device`, for a student normalised with student_mean / student_std and trained on
-    `datasets` (the -d names; a teacher with a camera embedding trained on the same ones reads the
-    batch's camera ids). Raises checkpoints.CheckpointError for a file that is not a usable checkpoint."""
-    # Imported here: checkpoints imports options, which imports this package (see from_checkpoint).
-    from checkpoints import load_checkpoint
-
-    from . import from_checkpoint
-    checkpoint = load_checkpoint(path)
-    model, config = from_checkpoint(checkpoint, device)
-    same_data = checkpoint.get('args', {}).get('dataset') == list(datasets)
-    return FrozenTeacher(model, config, student_mean, student_std, cameras=same_data,
-                         path=os.path.abspath(path), sha256=file_sha256(path))

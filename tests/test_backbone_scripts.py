@@ -15,6 +15,7 @@ import torch
 import engine
 import export_onnx
 import extract_features
+import model_config
 import models
 import options
 import synthetic_data
@@ -153,7 +154,7 @@ def test_vit_onnx_export_matches_pytorch(tmp_path, cameras, input_norm):
     model's own. With a camera embedding, a second input takes the camera ids."""
     torch.manual_seed(0)
     model = models.init_model('vit_small', 7, pretrained=False, height=64, width=32, num_cameras=cameras).eval()
-    config = dict(models.CONFIG_DEFAULTS, arch='vit_small', height=64, width=32, num_cameras=cameras,
+    config = dict(model_config.CONFIG_DEFAULTS, arch='vit_small', height=64, width=32, num_cameras=cameras,
                   dist_metric='cosine', flip_test=True, pixel_mean=[0.5] * 3, pixel_std=[0.5] * 3)
     checkpoint = {'state_dict': model.state_dict(), 'model': config}
     path = str(tmp_path / 'vit.onnx')

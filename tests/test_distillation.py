@@ -14,7 +14,9 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 import distributed
+import checkpoints
 import engine
+import model_config
 import models
 from conftest import FAST, parse_results, run_script
 from losses import DistillationLoss, ReIDLoss, logit_distillation, relation_distillation
@@ -80,7 +82,7 @@ def teacher_file(tmp_path, arch='timm:resnet18', num_classes=4, neck='bnneck', h
     with torch.no_grad():
         for _ in range(2):
             model(torch.randn(4, 3, height, width))
-    config = dict(models.CONFIG_DEFAULTS, arch=arch, neck=neck, height=height, width=width,
+    config = dict(model_config.CONFIG_DEFAULTS, arch=arch, neck=neck, height=height, width=width,
                   pixel_mean=mean or IMAGENET_MEAN, pixel_std=std or IMAGENET_STD)
     path = tmp_path / f'teacher-{num_classes}.pth.tar'
     torch.save({'state_dict': model.state_dict(), 'model': config, **extra}, path)
@@ -96,7 +98,7 @@ def student_and_batch(num_classes=4):
 
 def test_the_teacher_never_learns_and_gradients_reach_the_student_only(tmp_path):
     # A teacher of another size and normalisation: the batch is resized and re-normalised for it.
-    teacher = models.load_teacher(teacher_file(tmp_path, height=96, width=48, mean=HALF, std=HALF),
+    teacher = checkpoints.load_teacher(teacher_file(tmp_path, height=96, width=48, mean=HALF, std=HALF),
                                   IMAGENET_MEAN, IMAGENET_STD, ['market1501'])
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     assert any(k.endswith('running_mean') for k in before) and not teacher.training
@@ -127,8 +129,8 @@ def test_the_teacher_never_learns_and_gradients_reach_the_student_only(tmp_path)
 def test_the_teacher_sees_the_batch_in_its_own_preprocessing(tmp_path):
     pixels = student_and_batch()[1]
     path = teacher_file(tmp_path, mean=HALF, std=HALF)
-    teacher = models.load_teacher(path, IMAGENET_MEAN, IMAGENET_STD, ['market1501'])
-    own, _ = models.from_checkpoint(torch.load(path, weights_only=True))
+    teacher = checkpoints.load_teacher(path, IMAGENET_MEAN, IMAGENET_STD, ['market1501'])
+    own, _ = model_config.from_checkpoint(torch.load(path, weights_only=True))
     with torch.no_grad():
         expected = own.logits_and_test_feature(normalize(pixels, HALF, HALF))
     for got, want in zip(teacher(normalize(pixels)), expected):
@@ -136,7 +138,7 @@ def test_the_teacher_sees_the_batch_in_its_own_preprocessing(tmp_path):
     assert 're-normalised to its own mean [0.5, 0.5, 0.5]' in teacher.describe(64, 32)
     # Clips (B, S, C, H, W) at another size: each frame resized; an average-pooled clip's test
     # feature (linear BNNeck in eval mode) is the mean of its frames'.
-    large = models.load_teacher(teacher_file(tmp_path, height=96, width=48), IMAGENET_MEAN, IMAGENET_STD, [])
+    large = checkpoints.load_teacher(teacher_file(tmp_path, height=96, width=48), IMAGENET_MEAN, IMAGENET_STD, [])
     clips = normalize(pixels).view(2, 4, 3, 64, 32)
     logits, features = large(clips)
     assert logits.shape == (2, 4) and features.shape == (2, 512)
@@ -146,7 +148,7 @@ def test_the_teacher_sees_the_batch_in_its_own_preprocessing(tmp_path):
 
 
 def test_the_terms_run_in_float32_under_autocast(tmp_path):
-    teacher = models.load_teacher(teacher_file(tmp_path), IMAGENET_MEAN, IMAGENET_STD, [])
+    teacher = checkpoints.load_teacher(teacher_file(tmp_path), IMAGENET_MEAN, IMAGENET_STD, [])
     student, pixels, _ = student_and_batch()
     with torch.autocast('cpu', dtype=torch.bfloat16):
         outputs = student.train()(normalize(pixels))
@@ -158,7 +160,7 @@ def test_a_teacher_with_a_camera_embedding_reads_camids_of_its_own_datasets():
     torch.manual_seed(0)
     vit = models.vit.VisionTransformer(4, 'vit_small_patch16_224', height=64, width=32, num_cameras=2,
                                        timm_options={'depth': 2})
-    config = dict(models.CONFIG_DEFAULTS, height=64, width=32, num_classes=4)
+    config = dict(model_config.CONFIG_DEFAULTS, height=64, width=32, num_classes=4)
     images, camids = torch.randn(2, 3, 64, 32), torch.tensor([0, 1])
     own = models.FrozenTeacher(vit, config, IMAGENET_MEAN, IMAGENET_STD, cameras=True)
     other = models.FrozenTeacher(vit, config, IMAGENET_MEAN, IMAGENET_STD, cameras=False)
@@ -186,7 +188,7 @@ def ddp_setup(tmp_dir):
     """A float64 student (OSNet x0.25) and the distillation of a float64 teacher of another size
     and normalisation, identically initialised in every process. float64: see test_distributed."""
     student = student_and_batch()[0].double()
-    model, config = models.from_checkpoint(torch.load(os.path.join(tmp_dir, 'teacher-4.pth.tar'), weights_only=True))
+    model, config = model_config.from_checkpoint(torch.load(os.path.join(tmp_dir, 'teacher-4.pth.tar'), weights_only=True))
     teacher = models.FrozenTeacher(model.double(), config, IMAGENET_MEAN, IMAGENET_STD)
     return student, DistillationLoss(teacher, 1.0, 4.0, 30.0)
 

@@ -6,6 +6,7 @@ import torch
 from torchvision.models import resnet50
 
 import checkpoints
+import model_config
 import models
 from conftest import shared_path
 
@@ -84,7 +85,7 @@ def test_loads_2018_checkpoint_layout(name, prefix):
     missing = set(own) - set(stripped)
     assert missing and all(k.endswith('num_batches_tracked') for k in missing)
     assert set(stripped) <= set(own)
-    assert checkpoints.load_model_weights(model, state_dict) == []
+    assert model_config.load_model_weights(model, state_dict) == []
     for key, value in stripped.items():
         assert torch.equal(model.state_dict()[key], value), key
 
@@ -92,14 +93,14 @@ def test_loads_2018_checkpoint_layout(name, prefix):
 def test_2018_checkpoint_with_other_classifier_loads_backbone():
     state_dict = _seed_state_dict('resnet50', 'module.')
     model = models.init_model('resnet50', 10, pretrained=False)
-    assert checkpoints.load_model_weights(model, state_dict) == ['classifier.weight', 'classifier.bias']
+    assert model_config.load_model_weights(model, state_dict) == ['classifier.weight', 'classifier.bias']
     assert torch.equal(model.base[0].weight, state_dict['module.base.0.weight'])
 
 
 def test_wrong_architecture_is_refused():
     state_dict = models.init_model('densenet121', 10, pretrained=False).state_dict()
     with pytest.raises(checkpoints.CheckpointError, match='wrong --arch'):
-        checkpoints.load_model_weights(models.init_model('resnet50', 10, pretrained=False), state_dict)
+        model_config.load_model_weights(models.init_model('resnet50', 10, pretrained=False), state_dict)
 
 
 def test_pretrained_path_loads_local_imagenet_weights(tmp_path):
@@ -127,3 +128,22 @@ def test_bad_pretrained_path(tmp_path):
     path.write_bytes(b'nonsense')
     with pytest.raises(models.PretrainedWeightsError, match='bad.pth'):
         models.init_model('resnet50', 10, pretrained_path=str(path))
+
+
+def test_arch_options_travel_from_the_config_to_the_constructor(tmp_path):
+    """arch_options recorded in a checkpoint rebuild the same model (a 1-block ViT here, through
+    VisionTransformer's timm_options); an option the constructor lacks, or one that a config key
+    of its own sets, is an error naming it."""
+    options = {'timm_options': {'depth': 1}}
+    model = models.init_model('vit_small', 3, pretrained=False, height=32, width=16, arch_options=options)
+    assert len(model.backbone.blocks) == 1
+    config = dict(model_config.CONFIG_DEFAULTS, arch='vit_small', arch_options=options, height=32, width=16)
+    path = tmp_path / 'vit1.pth.tar'
+    torch.save({'state_dict': model.state_dict(), 'model': config}, path)
+    rebuilt, recorded = model_config.from_checkpoint(checkpoints.load_checkpoint(str(path)))
+    assert recorded['arch_options'] == options and len(rebuilt.backbone.blocks) == 1
+    assert model_config.checkpoint_config({'state_dict': {}})['arch_options'] == {}  # older files: none
+    with pytest.raises(ValueError, match="arch_options 'depth' of -a vit_small: VisionTransformer takes no such"):
+        models.init_model('vit_small', 3, pretrained=False, arch_options={'depth': 1})
+    with pytest.raises(ValueError, match="arch_options 'height' of -a vit_small: set by its own config key"):
+        models.init_model('vit_small', 3, pretrained=False, arch_options={'height': 64})

@@ -22,7 +22,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import checkpoints
 import export_onnx
 from feature_extractor import FeatureExtractor
-from models import CONFIG_DEFAULTS, PretrainedWeightsError, from_checkpoint, init_model
+from model_config import CONFIG_DEFAULTS, from_checkpoint
+from models import PretrainedWeightsError, init_model
 from models.osnet import AIN_BLOCK_INSTANCE_NORM, FEATURE_DIM, OSNET_ARCHS, OSNET_WIDTHS, OSNet, OSNetAIN
 
 WIDTHS = ('x1_0', 'x0_75', 'x0_5', 'x0_25')
@@ -418,7 +419,7 @@ def test_bad_configurations_are_refused():
         OSNetAIN(3, block_instance_norm=((True,), (False, True), (True, False)))
 
 
-def test_torchreid_zoo_file_evaluates_as_a_checkpoint(tmp_path):
+def test_torchreid_zoo_file_evaluates_as_a_checkpoint(tmp_path, capsys):
     """A torchreid re-ID zoo file ({'state_dict': module.<torchreid names>} with its classifier
     and training state) is a checkpoint here: arch and width read off its tensors, backbone
     under `backbone.`, features as the model's own."""
@@ -428,8 +429,9 @@ def test_torchreid_zoo_file_evaluates_as_a_checkpoint(tmp_path):
     path = tmp_path / 'osnet_x0_25_msmt17.pth'
     torch.save({'state_dict': {'module.' + k: v for k, v in zoo.items()}, 'epoch': 150,
                 'optimizer': {'state': {}, 'param_groups': []}}, path)
-    checkpoint = checkpoints.load_checkpoint(str(path))
+    checkpoint = checkpoints.load_checkpoint(str(path), report=True)
     assert checkpoint['arch'] == 'osnet_x0_25' and 'optimizer' not in checkpoint
+    assert f'Trained file {path}: torchreid osnet_x0_25 file' in capsys.readouterr().out
     rebuilt, config = from_checkpoint(checkpoint)
     assert config['num_classes'] == 751 and config['arch'] == 'osnet_x0_25'
     ours = FeatureExtractor({'state_dict': model.state_dict(), 'model': dict(CONFIG_DEFAULTS, arch='osnet_x0_25')})

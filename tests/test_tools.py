@@ -16,6 +16,7 @@ import data_manager
 import engine
 import export_onnx
 import extract_features
+import model_config
 import models
 import synthetic_data
 import train_img_model_xent
@@ -26,7 +27,7 @@ from feature_extractor import FeatureExtractor, feature_net
 from transforms import build_transforms, normalize
 
 # The BoT test feature: BNNeck, feature after it, flip averaging, cosine metric.
-CONFIG = dict(models.CONFIG_DEFAULTS, neck='bnneck', dist_metric='cosine', flip_test=True, height=64, width=32)
+CONFIG = dict(model_config.CONFIG_DEFAULTS, neck='bnneck', dist_metric='cosine', flip_test=True, height=64, width=32)
 
 
 def save_checkpoint(path, config, images):
@@ -124,7 +125,7 @@ def test_api_paths_pil_and_arrays(dataset, checkpoint, extractor):
     np.testing.assert_array_equal(extractor([image[:, :, ::-1] for image in rgb], bgr=True), from_paths)
     assert not np.allclose(extractor([rgb[0][:, :, ::-1]]), from_paths[:1], atol=1e-3)  # the channel order matters
 
-    model, _ = models.from_checkpoint(torch.load(checkpoint, weights_only=True))
+    model, _ = model_config.from_checkpoint(torch.load(checkpoint, weights_only=True))
     images = normalize(torch.stack([build_transforms(64, 32)[1](image) for image in pil]))
     with torch.no_grad():
         f = model.bottleneck(model.features(images)) + model.bottleneck(model.features(images.flip(3)))
@@ -155,7 +156,7 @@ def test_api_video_pools_as_testing(tmp_path, test_sample):
     extractor = FeatureExtractor(checkpoint, batch_size=4)
     ours = extractor(tracklets)
 
-    model, _ = models.from_checkpoint(torch.load(checkpoint, weights_only=True))
+    model, _ = model_config.from_checkpoint(torch.load(checkpoint, weights_only=True))
     video_set = VideoDataset([(tuple(t), 0, 0) for t in tracklets], 3, test_sample, build_transforms(64, 32)[1])
     loader = torch.utils.data.DataLoader(video_set, batch_size=1)
     expected = F.normalize(engine.extract_features(model, loader, torch.device('cpu'), pool='max')[0], dim=1)

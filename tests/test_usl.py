@@ -14,6 +14,7 @@ from PIL import Image
 import cluster
 import data_manager
 import engine
+import model_config
 import synthetic_data
 import train_img_model_usl
 from losses import ClusterContrastLoss
@@ -353,7 +354,7 @@ def test_flat_folder_from_a_supervised_checkpoint(small_root, tmp_path, capsys):
     assert 'global_pool avg' in out  # the checkpoint's model, not the reference's defaults
     assert re.search(r'^Pseudo labels: \d+ clusters, \d+ outliers of 63 images', out, re.M)
     assert 'against the identity labels' not in out and 'no query/gallery folders' in out
-    adapted, config = models.from_checkpoint(torch.load(tmp_path / 'run' / 'checkpoint_last.pth.tar', weights_only=True))
+    adapted, config = model_config.from_checkpoint(torch.load(tmp_path / 'run' / 'checkpoint_last.pth.tar', weights_only=True))
     assert config['num_classes'] == 0 and adapted.classifier is None  # the tools rebuild it from the file alone
     assert adapted(torch.randn(2, 3, 32, 16)).shape == (2, 512)
     from conftest import FAST, run_script

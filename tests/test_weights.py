@@ -1,4 +1,4 @@
-"""Tests of the CLIP / CLIP-ReID and SOLIDER Swin key converters (weights.py).
+"""Tests of the CLIP / CLIP-ReID and SOLIDER Swin key converters (weights/clip.py, weights/swin.py).
 
 The source layouts are fabricated here from the original repositories' module definitions
 (openai/CLIP clip/model.py, Syliz517/CLIP-ReID model/make_model_clipreid.py, tinyvision/SOLIDER(-REID)
