@@ -75,6 +75,7 @@ def init_model(name, num_classes, loss=('xent',), pretrained=True, pretrained_pa
         raise ValueError(f'--global-pool applies to resnet50, resnet50_ibn_a, swin_* and timm models, not {name}')
     if last_stride != 2 and name not in ('resnet50', 'resnet50m', 'resnet50_ibn_a', 'densenet121'):
         raise ValueError(f'--last-stride applies to the ResNets, not to {name}')
+    table = {}  # the constructor options a name stands for (OSNET_ARCHS, VIT_ARCHS); arch_options override them
     if name == 'densenet121':  # torchvision's DenseNet file layout is loaded by torchvision itself
         family, options = DenseNet121, dict(pretrained=pretrained, pretrained_path=pretrained_path,
                                             last_stride=last_stride)
@@ -85,13 +86,13 @@ def init_model(name, num_classes, loss=('xent',), pretrained=True, pretrained_pa
     elif name == 'resnet50_ibn_a':
         family, options = ResNet50IBNa, dict(last_stride=last_stride, global_pool=global_pool)
     elif name in OSNET_ARCHS:
-        family, options = OSNET_ARCHS[name]
-        options = dict(global_pool=global_pool, **options)
+        family, table = OSNET_ARCHS[name]
+        options = dict(global_pool=global_pool)
     elif vit:
-        timm_name, options = VIT_ARCHS[name]
+        timm_name, table = VIT_ARCHS[name]
         family = VisionTransformer
         options = dict(timm_name=timm_name, height=height, width=width, patch_stride=patch_stride,
-                       num_cameras=num_cameras, camera_weight=camera_weight, drop_path=drop_path, **options)
+                       num_cameras=num_cameras, camera_weight=camera_weight, drop_path=drop_path)
     elif name in SWIN_ARCHS:
         family = SwinTransformer
         options = dict(timm_name=SWIN_ARCHS[name], height=height, width=width, global_pool=global_pool,
@@ -99,8 +100,8 @@ def init_model(name, num_classes, loss=('xent',), pretrained=True, pretrained_pa
     else:
         family, options = TimmNet, dict(arch=name, height=height, width=width, global_pool=global_pool,
                                         drop_path=drop_path)
-    model = family(num_classes, **options, **_checked_arch_options(name, family, arch_options or {}, {**options, **head}),
-                   **head)
+    arch_options = _checked_arch_options(name, family, arch_options or {}, {**options, **head})
+    model = family(num_classes, **options, **{**table, **arch_options}, **head)
     if name == 'densenet121':
         return _with_report(model, None)
     if pretrained_path:

@@ -1,6 +1,7 @@
 """Vision Transformers for re-ID, built by timm: ViT-S/16 and ViT-B/16 (the backbones of DeiT, DINO,
 TransReID, TransReID-SSL and PersonViT), their convolutional-stem variants (TransReID-SSL's ICS),
-and the CLIP ViT-B/16 image tower; with TransReID's overlapping patches and camera embedding.
+and the CLIP ViT-B/16 image tower (with CLIP-ReID's projection: clipreid_vit_base); with TransReID's
+overlapping patches and camera embedding.
 
 The network is built at the training size (e.g. 256x128: a 16x8 grid of patches, a position
 table of 1 + 128 rows), and the test feature is the class token after the final norm.
@@ -23,6 +24,9 @@ VIT_ARCHS = {
     'vit_small_ics': ('vit_small_patch16_224', {'conv_stem': True}),
     'vit_base_ics': ('vit_base_patch16_224', {'conv_stem': True}),
     'clip_vit_base': ('vit_base_patch16_clip_quickgelu_224', {'camera_tokens': 'cls'}),
+    # CLIP-ReID's model whole: the CLIP tower, its 768 -> 512 image-text projection, and a BN-neck
+    # over both features (weights/clipreid.py loads its trained files).
+    'clipreid_vit_base': ('vit_base_patch16_clip_quickgelu_224', {'camera_tokens': 'cls', 'projection': 512}),
 }
 PATCH = 16
 
@@ -68,11 +72,15 @@ class VisionTransformer(ReIDModel):
     camera-free input can be.
     Test feature: the class token after the final norm, (N, embed_dim). timm_options: more
     arguments of timm.create_model (the tests build 2-block ViTs with {'depth': 2}).
+    projection > 0: CLIP-ReID's feature, the class token c and its image-text projection c @ proj
+    (`proj`, (embed_dim, projection)) side by side, (N, embed_dim + projection); the BN-neck
+    normalises both parts channel by channel, as CLIP-ReID's two BatchNorms (bottleneck,
+    bottleneck_proj) do.
     """
 
     def __init__(self, num_classes, timm_name, loss=('xent',), pool='avg', neck='none', neck_feat='after',
                  height=256, width=128, patch_stride=PATCH, num_cameras=0, camera_weight=3.0, drop_path=0.0,
-                 conv_stem=False, camera_tokens='all', timm_options=None):
+                 conv_stem=False, camera_tokens='all', timm_options=None, projection=0):
         super().__init__(loss, pool, neck, neck_feat)
         if not 1 <= patch_stride <= PATCH:
             raise ValueError(f'--patch-stride must be between 1 and {PATCH}, got {patch_stride}')
@@ -101,7 +109,12 @@ class VisionTransformer(ReIDModel):
             nn.init.trunc_normal_(self.camera_embed, std=0.02)
         else:
             self.camera_embed = None
-        self.build_head(embed_dim, num_classes)
+        if projection:
+            self.proj = nn.Parameter(torch.empty(embed_dim, projection))
+            nn.init.normal_(self.proj, std=embed_dim ** -0.5)  # as CLIP initialises it
+        else:
+            self.proj = None
+        self.build_head(embed_dim + projection, num_classes)
 
     def camera_vectors(self, camids, batch):
         """(batch,) camera ids or None -> (batch, embed_dim): the embedding of each known camera,
@@ -121,5 +134,5 @@ class VisionTransformer(ReIDModel):
                 tokens = tokens + side
             else:
                 tokens = torch.cat([tokens[:, :1] + side, tokens[:, 1:]], dim=1)
-        tokens = net.norm(net.blocks(net.norm_pre(net.patch_drop(tokens))))
-        return tokens[:, 0]
+        token = net.norm(net.blocks(net.norm_pre(net.patch_drop(tokens))))[:, 0]
+        return token if self.proj is None else torch.cat([token, token @ self.proj], dim=1)

@@ -90,11 +90,12 @@ def _ln(x, sd, name):
     return F.layer_norm(x, x.shape[-1:], sd[name + '.weight'], sd[name + '.bias'], eps=1e-5)
 
 
-def _clip_reference(sd, x, prefix, heads=HEADS, cv_emb=None):
-    """CLS feature after ln_post, written from the OpenAI tensors (clip/model.py + CLIP-ReID SIE)."""
+def _clip_reference(sd, x, prefix, heads=HEADS, cv_emb=None, stride=None):
+    """CLS feature after ln_post, written from the OpenAI tensors (clip/model.py + CLIP-ReID SIE;
+    stride: CLIP-ReID's MODEL.STRIDE_SIZE, the patch size by default)."""
     p = lambda name: sd[prefix + name]  # noqa: E731
     vsd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-    t = F.conv2d(x, p('conv1.weight'), stride=p('conv1.weight').shape[-1])  # no bias
+    t = F.conv2d(x, p('conv1.weight'), stride=stride or p('conv1.weight').shape[-1])  # no bias
     t = t.reshape(t.shape[0], t.shape[1], -1).permute(0, 2, 1)
     cls = p('class_embedding').expand(t.shape[0], 1, -1)
     t = torch.cat([cls, t], dim=1)
@@ -152,26 +153,36 @@ def test_clip_openai_layout_matches_reference_forward():
         assert (gelu.forward_features(x)[:, 0] - want).abs().max().item() > 1e-3
 
 
+def clipreid_extras(width=WIDTH, out_dim=32, identities=10, cameras=0, text_width=16, seed=0):
+    """What a CLIP-ReID trained file holds beside its image encoder (model/make_model_clipreid.py,
+    build_transformer: cv_embed with SIE, the prompt learner, the text encoder, the two classifiers
+    and the two BN-necks), text tensors at `text_width`, BN-necks with random statistics."""
+    g = torch.Generator().manual_seed(seed)
+    extra = {
+        'prompt_learner.cls_ctx': torch.randn(identities, 4, text_width, generator=g),
+        'prompt_learner.token_prefix': torch.randn(1, 5, text_width, generator=g),
+        'prompt_learner.token_suffix': torch.randn(1, 68, text_width, generator=g),
+        'text_encoder.transformer.resblocks.0.attn.in_proj_weight': torch.randn(3 * text_width, text_width, generator=g),
+        'text_encoder.positional_embedding': torch.randn(77, text_width, generator=g),
+        'text_encoder.ln_final.weight': torch.randn(text_width, generator=g),
+        'text_encoder.text_projection': torch.randn(text_width, out_dim, generator=g),
+        'classifier.weight': torch.randn(identities, width, generator=g),
+        'classifier_proj.weight': torch.randn(identities, out_dim, generator=g),
+    }
+    if cameras:
+        extra['cv_embed'] = torch.randn(cameras, width, generator=g) * 0.5
+    for name, dim in (('bottleneck', width), ('bottleneck_proj', out_dim)):
+        extra.update({f'{name}.weight': 1 + 0.2 * torch.randn(dim, generator=g), f'{name}.bias': torch.zeros(dim),
+                      f'{name}.running_mean': 0.2 * torch.randn(dim, generator=g),
+                      f'{name}.running_var': 0.5 + torch.rand(dim, generator=g), f'{name}.num_batches_tracked': torch.tensor(7)})
+    return extra
+
+
 def test_clipreid_layout_with_sie_and_extra_kinds():
     cams, views = 3, 2
     sd = _clip_visual('image_encoder.', seed=5)
-    cv = torch.randn(cams * views, WIDTH) * 0.5
-    extra = {
-        'cv_embed': cv,
-        'prompt_learner.cls_ctx': torch.randn(10, 4, 16),
-        'prompt_learner.token_prefix': torch.randn(1, 5, 16),
-        'prompt_learner.token_suffix': torch.randn(1, 68, 16),
-        'text_encoder.transformer.resblocks.0.attn.in_proj_weight': torch.randn(48, 16),
-        'text_encoder.positional_embedding': torch.randn(77, 16),
-        'text_encoder.ln_final.weight': torch.randn(16),
-        'text_encoder.text_projection': torch.randn(16, 32),
-        'classifier.weight': torch.randn(10, WIDTH),
-        'classifier_proj.weight': torch.randn(10, 32),
-    }
-    for name, dim in (('bottleneck', WIDTH), ('bottleneck_proj', 32)):
-        extra.update({f'{name}.weight': torch.ones(dim), f'{name}.bias': torch.zeros(dim),
-                      f'{name}.running_mean': torch.zeros(dim), f'{name}.running_var': torch.ones(dim),
-                      f'{name}.num_batches_tracked': torch.tensor(7)})
+    extra = clipreid_extras(cameras=cams * views, seed=5)
+    cv = extra['cv_embed']
     sd.update(extra)
     out, dropped = convert_openai_clip_visual(sd)
 

@@ -16,7 +16,8 @@ and its error wording, the report, the registry of trained-file sources):
   checkpoints (`base.*`, camera embedding, stride 12, JPM); grid.py: their position tables;
 - clip.py: OpenAI CLIP ViT-B/16 (state dict or TorchScript archive), CLIP-ReID's `image_encoder.*`;
 - swin.py: SOLIDER Swin-T/S/B (mmcv names), timm / Microsoft Swin;
-- osnet.py: torchreid's OSNet and OSNet-AIN files (ImageNet and re-ID zoo);
+- osnet.py: torchreid's OSNet and OSNet-AIN files (ImageNet and re-ID zoo), a trained-file source;
+- clipreid.py: CLIP-ReID's trained ViT-B-16 files whole (BN-necks, projection), a trained-file source;
 - timm_net.py: any timm file for `-a timm:<name>`.
 
 Trained re-ID files of other projects as checkpoints: checkpoints.load_checkpoint passes every
@@ -38,7 +39,7 @@ checkpoint of this repo included). A source module plugs in with three things:
                 'dropped': {'kind': [source tensor names], ...}}
     register_source('name', recognise, to_checkpoint)   # at the module's end (core.register_source)
 
-and an import of the module below (importing it registers its source). Once a
+and its name in the `from . import ...` line below (importing it registers its source). Once a
 file looks like the source, to_checkpoint is strict: a stray, missing or misshapen tensor (a
 missing BN-neck, another width) raises PretrainedWeightsError naming it and what was expected
 (load_strict words it so for a model's own state dict). Source modules import nothing of
@@ -49,6 +50,7 @@ less its classifier, strictly into the model.
 """
 import torch
 
+from . import clipreid, osnet  # noqa: F401 (importing a source module registers it)
 from .clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, convert_clip, convert_openai_clip_visual
 from .core import (HALF, LoadReport, PretrainedWeightsError, adapt_checkpoint, describe_adapted, load_strict,
                    read_weights, register_source, trained_sources, unwrap)

@@ -14,12 +14,18 @@ OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def convert_clip(state, model, report, grid=None):
-    """OpenAI CLIP or CLIP-ReID files -> timm's QuickGELU CLIP ViT names."""
+    """OpenAI CLIP or CLIP-ReID files -> timm's QuickGELU CLIP ViT names (and the image-text
+    projection for a model that has one, clipreid_vit_base)."""
     clip_reid = any(k.startswith('image_encoder.') for k in state)
+    projection = next((state[k] for k in ('visual.proj', 'image_encoder.proj') if k in state), None)
     try:
         state, dropped = convert_openai_clip_visual(state)
     except ValueError as error:
         raise PretrainedWeightsError(f'{report.path}: {error}') from error
+    extras = {}
+    if model.proj is not None and projection is not None:  # clipreid_vit_base: the projection is the model's
+        extras['proj'] = projection
+        dropped.pop('projection')
     for kind, names in dropped.items():
         report.drop(kind, names)
     report.source = 'CLIP-ReID trained checkpoint (image encoder)' if clip_reid else 'OpenAI CLIP (image tower)'
@@ -28,7 +34,7 @@ def convert_clip(state, model, report, grid=None):
                                                                                       list(OPENAI_CLIP_STD))
     resample_to_model(state, model, report, grid)
     cameras = state.pop('camera_embed', None)
-    return state, camera_table(cameras, model, report, 'cv_embed')
+    return state, {**extras, **camera_table(cameras, model, report, 'cv_embed')}
 
 
 _CLIP_VISUAL_PREFIXES = ('visual.', 'image_encoder.')

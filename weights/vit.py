@@ -33,8 +33,9 @@ def camera_table(table, model, report, name):
     if table is None:
         return {}
     if model.num_cameras == table.shape[0]:
-        if table.shape[1] != model.feat_dim:
-            raise PretrainedWeightsError(f'{report.path}: {name} has width {table.shape[1]}, the model {model.feat_dim}')
+        width = model.camera_embed.shape[1]
+        if table.shape[1] != width:
+            raise PretrainedWeightsError(f'{report.path}: {name} has width {table.shape[1]}, the model {width}')
         return {'camera_embed': table}
     why = ('the model has no camera embedding (--camera-embedding)' if not model.num_cameras else
            f'{table.shape[0]} cameras in the file, {model.num_cameras} in this training set: trained afresh')
