@@ -7,6 +7,7 @@ import weights
 
 from .base import GLOBAL_POOLS, BatchNormGroups, PretrainedWeightsError, ReIDModel, TestFeatureNet, temporal_pool
 from .densenet import DenseNet121
+from .mgn import MGN
 from .osnet import OSNET_ARCHS
 from .resnet import ResNet50, ResNet50M
 from .resnet_ibn import ResNet50IBNa
@@ -25,7 +26,7 @@ _CLASSIC = {
     'densenet121': DenseNet121,
 }
 # Every -a name but timm:<model>; the classic three keep their 2018 tensor layout.
-NAMES = [*_CLASSIC, 'resnet50_ibn_a', *OSNET_ARCHS, *VIT_ARCHS, *SWIN_ARCHS]
+NAMES = [*_CLASSIC, 'resnet50_ibn_a', *OSNET_ARCHS, *VIT_ARCHS, *SWIN_ARCHS, 'fastreid_mgn']
 
 
 def get_names():
@@ -85,6 +86,8 @@ def init_model(name, num_classes, loss=('xent',), pretrained=True, pretrained_pa
                        **({'global_pool': global_pool} if name == 'resnet50' else {}))
     elif name == 'resnet50_ibn_a':
         family, options = ResNet50IBNa, dict(last_stride=last_stride, global_pool=global_pool)
+    elif name == 'fastreid_mgn':  # backbone, era and head layout in arch_options (models.mgn)
+        family, options = MGN, dict(global_pool=global_pool)
     elif name in OSNET_ARCHS:
         family, table = OSNET_ARCHS[name]
         options = dict(global_pool=global_pool)

@@ -29,7 +29,7 @@ from .base import ReIDModel, make_global_pool
 from .fastreid import build_backbone
 from .resnet_ibn import init_resnet_weights
 
-__all__ = ['MGN', 'FEATURE_ORDER', 'HEAD_LAYOUTS', 'BACKBONES']
+__all__ = ['BACKBONES', 'FEATURE_ORDER', 'HEAD_LAYOUTS', 'MGN']
 
 FEATURE_ORDER = ('b1', 'b2', 'b3', 'b21', 'b22', 'b31', 'b32', 'b33')  # fast-reid's torch.cat order
 STRIPES = {'b2': ('b21', 'b22'), 'b3': ('b31', 'b32', 'b33')}

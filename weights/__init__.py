@@ -18,7 +18,8 @@ and its error wording, the report, the registry of trained-file sources):
 - swin.py: SOLIDER Swin-T/S/B (mmcv names), timm / Microsoft Swin;
 - osnet.py: torchreid's OSNet and OSNet-AIN files (ImageNet and re-ID zoo), a trained-file source;
 - clipreid.py: CLIP-ReID's trained ViT-B-16 files whole (BN-necks, projection), a trained-file source;
-- timm_net.py: any timm file for `-a timm:<name>`.
+- timm_net.py: any timm file for `-a timm:<name>`;
+- mgn.py: fast-reid's MGN files of its three eras (both head layouts), a trained-file source.
 
 Trained re-ID files of other projects as checkpoints: checkpoints.load_checkpoint passes every
 file's object to adapt_checkpoint(checkpoint, path), which tries each registered source in turn
@@ -50,7 +51,7 @@ less its classifier, strictly into the model.
 """
 import torch
 
-from . import clipreid, osnet  # noqa: F401 (importing a source module registers it)
+from . import clipreid, mgn, osnet  # noqa: F401 (importing a source module registers it)
 from .clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, convert_clip, convert_openai_clip_visual
 from .core import (HALF, LoadReport, PretrainedWeightsError, adapt_checkpoint, describe_adapted, load_strict,
                    read_weights, register_source, trained_sources, unwrap)
