@@ -7,6 +7,7 @@ import weights
 
 from .base import GLOBAL_POOLS, BatchNormGroups, PretrainedWeightsError, ReIDModel, TestFeatureNet, temporal_pool
 from .densenet import DenseNet121
+from .fastreid import FastReIDBaseline
 from .osnet import OSNET_ARCHS
 from .resnet import ResNet50, ResNet50M
 from .resnet_ibn import ResNet50IBNa
@@ -25,7 +26,7 @@ _CLASSIC = {
     'densenet121': DenseNet121,
 }
 # Every -a name but timm:<model>; the classic three keep their 2018 tensor layout.
-NAMES = [*_CLASSIC, 'resnet50_ibn_a', *OSNET_ARCHS, *VIT_ARCHS, *SWIN_ARCHS]
+NAMES = [*_CLASSIC, 'resnet50_ibn_a', *OSNET_ARCHS, *VIT_ARCHS, *SWIN_ARCHS, 'fastreid_baseline']
 
 
 def get_names():
@@ -73,7 +74,7 @@ def init_model(name, num_classes, loss=('xent',), pretrained=True, pretrained_pa
                          f'not to {name}')
     if name in ('resnet50m', 'densenet121') and global_pool != 'avg':
         raise ValueError(f'--global-pool applies to resnet50, resnet50_ibn_a, swin_* and timm models, not {name}')
-    if last_stride != 2 and name not in ('resnet50', 'resnet50m', 'resnet50_ibn_a', 'densenet121'):
+    if last_stride != 2 and name not in ('resnet50', 'resnet50m', 'resnet50_ibn_a', 'fastreid_baseline', 'densenet121'):
         raise ValueError(f'--last-stride applies to the ResNets, not to {name}')
     if name == 'densenet121':  # torchvision's DenseNet file layout is loaded by torchvision itself
         family, options = DenseNet121, dict(pretrained=pretrained, pretrained_path=pretrained_path,
@@ -84,6 +85,8 @@ def init_model(name, num_classes, loss=('xent',), pretrained=True, pretrained_pa
                        **({'global_pool': global_pool} if name == 'resnet50' else {}))
     elif name == 'resnet50_ibn_a':
         family, options = ResNet50IBNa, dict(last_stride=last_stride, global_pool=global_pool)
+    elif name == 'fastreid_baseline':  # backbone and era in arch_options (models.fastreid)
+        family, options = FastReIDBaseline, dict(last_stride=last_stride, global_pool=global_pool)
     elif name in OSNET_ARCHS:
         family, options = OSNET_ARCHS[name]
         options = dict(global_pool=global_pool, **options)
