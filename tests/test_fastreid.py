@@ -3,6 +3,7 @@ tensor, and the rebuilt networks match reference forwards written here from fast
 (JDAI-CV/fast-reid: v0.1.1 and master's modeling/backbones/{resnet,resnest}.py, layers/{non_local,
 splat,pooling}.py, heads/embedding_head.py), at 256x128 and at the odd size 250x118 where the
 stem pooling and the dilation of each era show."""
+import json
 import re
 
 import numpy as np
@@ -11,10 +12,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import weights_fastreid as fastreid_weights
-from models.base import PretrainedWeightsError
-from models.fastreid import FastReIDBaseline
+import checkpoints
+import export_onnx
+from conftest import parse_results, run_script
+from feature_extractor import FeatureExtractor
+from model_config import from_checkpoint
 from transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from weights import PretrainedWeightsError
+from weights import fastreid as fastreid_weights
 
 PIXEL_MEAN_255 = [123.675, 116.28, 103.53]
 PIXEL_STD_255 = [58.395, 57.12, 57.375]
@@ -325,13 +330,8 @@ def convert(state, path='test.pth'):
 
 
 def build(checkpoint):
-    config = checkpoint['model']
-    num_classes = checkpoint['state_dict']['classifier.weight'].shape[0]
-    model = FastReIDBaseline(num_classes, neck=config['neck'], neck_feat=config['neck_feat'],
-                             global_pool=config['global_pool'], last_stride=config['last_stride'],
-                             **config['arch_options'])
-    model.load_state_dict(checkpoint['state_dict'], strict=True)
-    return model.eval()
+    """The model of a converted checkpoint as every consumer rebuilds it (strict but for the classifier)."""
+    return from_checkpoint(checkpoint)[0]
 
 
 def normalised(images01):
@@ -530,3 +530,110 @@ def test_pil_bicubic_resize_is_pils():
     resized = build_transforms(256, 128, resize='pil-bicubic')[1](image)
     expected = torch.from_numpy(np.array(image.resize((128, 256), Image.BICUBIC))).permute(2, 0, 1)
     assert torch.equal(resized, expected)
+
+
+# ----------------------------------------------------------------------------------------------
+# A fast-reid file wherever a checkpoint is taken
+
+def test_files_are_recognised_through_the_registry(tmp_path):
+    """checkpoints.load_checkpoint reads {'model': module.<names>, optimizer, ...} as fast-reid's
+    Checkpointer writes it, and says what it dropped."""
+    state = fastreid_file('resnet18', 'A', gem_p=True)
+    path = tmp_path / 'market_sbs_R18.pth'
+    torch.save({'model': {'module.' + k: v for k, v in state.items()}, 'optimizer': {'state': {}, 'param_groups': []},
+                'scheduler': {'last_epoch': 3}, 'iteration': 9}, path)
+    checkpoint = checkpoints.load_checkpoint(str(path))
+    assert checkpoint['source'].startswith('fast-reid era A Baseline, resnet18')
+    assert checkpoint['dropped'] == {'normalisation (the model input is normalised outside)': ['pixel_mean', 'pixel_std'],
+                                     'training state': ['iteration', 'optimizer', 'scheduler']}
+    assert any('AGW' in note for note in checkpoint['notes'])  # era A: AGW and SBS files look alike
+    state['heads.stray'] = torch.zeros(2)
+    torch.save({'model': state}, path)
+    with pytest.raises(checkpoints.CheckpointError, match=r"heads\.stray"):
+        checkpoints.load_checkpoint(str(path))
+
+
+def test_resnest50_onnx_export_matches_pytorch(tmp_path):
+    """export_onnx's path for BoT-SORT's architecture (ResNeSt-50, dilated layer4, GeM p, BN-neck),
+    onnxruntime against PyTorch at batch 1 and 5 (L2-normalised features). About 30 s: the export
+    traces the network."""
+    import onnxruntime
+    state = calibrate(fastreid_file('resnest50', 'C', gem_p=True), 'C', 'gem')
+    path = str(tmp_path / 'sbs_S50.onnx')
+    graph, config, _ = export_onnx.export(convert(state), path, height=256, width=128)
+    assert config['arch_options'] == {'backbone': 'resnest50', 'ibn': False, 'non_local': None,
+                                      'layer4_dilation': True}
+    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+    for batch in (1, 5):
+        images = normalised(torch.rand(batch, 3, 256, 128))  # the images the statistics were set on
+        with torch.no_grad():
+            expected = graph(images).numpy()
+        features = session.run(None, {'images': images.numpy()})[0]
+        # random weights through 50 layers: float32 itself (against float64) moves them by some 1e-5
+        assert np.abs(features - expected).max() <= 1e-4
+        assert (features * expected).sum(axis=1).min() >= 0.99999
+
+
+@pytest.fixture(scope='module')
+def tracker_file(tmp_path_factory):
+    """A fast-reid era-C file in the trackers' layout ({'model': module.<names>} and training state)
+    with a small backbone: ResNet18 basic blocks, GeM p (SBS: 384x128 recorded)."""
+    state = calibrate(fastreid_file('resnet18', 'C', gem_p=True, num_classes=13), 'C', 'gem')
+    path = tmp_path_factory.mktemp('fastreid') / 'mot17_sbs_R18.pth'
+    torch.save({'model': {'module.' + k: v for k, v in state.items()}, 'optimizer': {'state': {}, 'param_groups': []},
+                'iteration': 100}, path)
+    return path
+
+
+SMALL = ['--height', '64', '--width', '32', '--workers', '0']
+
+
+def test_fastreid_file_evaluates_extracts_searches_and_exports(synthetic_root, tracker_file, tmp_path):
+    evaluated = run_script('train_img_model_xent.py', '--root', synthetic_root, *SMALL, '--evaluate',
+                           '--resume', tracker_file, '--save-dir', tmp_path / 'eval')
+    assert 'Trained file' in evaluated.stdout and 'fast-reid era C Baseline, resnet18' in evaluated.stdout
+    assert len(parse_results(evaluated.stdout)) == 1
+
+    market = synthetic_root / 'market1501'
+    for split, name in (('query', 'q.npz'), ('bounding_box_test', 'g.npz')):
+        run_script('extract_features.py', '--resume', tracker_file, '--input', market / split,
+                   '--output', tmp_path / name, '--height', '64', '--width', '32')
+    gallery = np.load(tmp_path / 'g.npz')
+    assert gallery['features'].shape[1] == 512 and str(gallery['metric']) == 'cosine'
+    run_script('search_gallery.py', '--gallery', tmp_path / 'g.npz', '--query', tmp_path / 'q.npz', '--topk', '5',
+               '--output', tmp_path / 'r.npz', '--device', 'cpu')
+    assert str(np.load(tmp_path / 'r.npz')['metric']) == 'cosine'
+
+    # FeatureExtractor(FILE): the recorded 384x128, PIL bicubic, ImageNet normalisation, BN-neck, L2.
+    images = [np.random.default_rng(i).integers(0, 256, (150, 61, 3), dtype=np.uint8) for i in range(2)]
+    model = from_checkpoint(checkpoints.load_checkpoint(str(tracker_file)))[0]
+    batch = torch.stack([torch.from_numpy(np.array(Image.fromarray(image).resize((128, 384), Image.BICUBIC)))
+                         .permute(2, 0, 1).float() / 255 for image in images])
+    with torch.no_grad():
+        expected = F.normalize(model(normalised(batch)), dim=1).numpy()
+    np.testing.assert_allclose(FeatureExtractor(str(tracker_file))(images), expected, atol=1e-5)
+
+    onnx_path = tmp_path / 'reid.onnx'
+    exported = run_script('export_onnx.py', '--resume', tracker_file, '--output', onnx_path, '--height', '64',
+                          '--width', '32')
+    assert 'fast-reid era C' in exported.stdout
+    side = json.loads((tmp_path / 'reid.onnx.metadata.json').read_text())
+    assert side['img_size'] == [64, 32] and side['trained_resize'] == 'pil-bicubic' and side['metric'] == 'cosine'
+    assert side['input_mean'] == IMAGENET_MEAN and side['feature_dim'] == 512
+
+
+def test_fastreid_file_teaches_and_starts_fine_tuning(synthetic_root, tracker_file, tmp_path):
+    common = [*SMALL, '--root', synthetic_root, '--lr', '1e-3', '--stepsize', '0', '--train-batch', '16',
+              '--max-epoch', '1', '--print-freq', '1']
+    distilled = run_script('train_img_model_xent_htri.py', *common, '--no-pretrained', '-a', 'osnet_x0_25',
+                           '--teacher', tracker_file, '--kd-logit', '0', '--save-dir', tmp_path / 'kd')
+    assert 'fastreid_baseline, 512-d test feature' in distilled.stdout
+    assert "its input is resized from the student's 64x32 to 384x128" in distilled.stdout
+
+    tuned = run_script('train_img_model_xent_htri.py', *common, '--pretrained-path', tracker_file,
+                       '--save-dir', tmp_path / 'tune')
+    assert 'dropped 1 (classifier): classifier.weight' in tuned.stdout
+    checkpoint = torch.load(tmp_path / 'tune' / 'checkpoint_last.pth.tar', weights_only=True)
+    assert checkpoint['model']['arch'] == 'fastreid_baseline'
+    assert checkpoint['model']['arch_options']['backbone'] == 'resnet18'
+    assert checkpoint['model']['global_pool'] == 'gem' and checkpoint['model']['dist_metric'] == 'cosine'

@@ -19,6 +19,8 @@ and its error wording, the report, the registry of trained-file sources):
 - osnet.py: torchreid's OSNet and OSNet-AIN files (ImageNet and re-ID zoo), a trained-file source;
 - clipreid.py: CLIP-ReID's trained ViT-B-16 files whole (BN-necks, projection), a trained-file source;
 - timm_net.py: any timm file for `-a timm:<name>`;
+- fastreid.py: fast-reid's Baseline files of its three eras (model zoo, trackers' re-ID files),
+  a trained-file source;
 - mgn.py: fast-reid's MGN files of its three eras (both head layouts), a trained-file source.
 
 Trained re-ID files of other projects as checkpoints: checkpoints.load_checkpoint passes every
@@ -51,7 +53,7 @@ less its classifier, strictly into the model.
 """
 import torch
 
-from . import clipreid, mgn, osnet  # noqa: F401 (importing a source module registers it)
+from . import clipreid, fastreid, mgn, osnet  # noqa: F401 (importing a source module registers it)
 from .clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, convert_clip, convert_openai_clip_visual
 from .core import (HALF, LoadReport, PretrainedWeightsError, adapt_checkpoint, describe_adapted, load_strict,
                    read_weights, register_source, trained_sources, unwrap)
@@ -62,7 +64,7 @@ from .swin import convert_solider_swin, convert_swin, patch_merging_mmcv_to_timm
 from .timm_net import convert_timm
 from .vit import convert_vit
 
-__all__ = ['load_pretrained', 'adapt_checkpoint', 'describe_adapted', 'register_source', 'trained_sources',
+__all__ = ['load_pretrained', 'trained_file_checkpoint', 'adapt_checkpoint', 'describe_adapted', 'register_source', 'trained_sources',
            'torchreid_osnet_arch', 'LoadReport', 'PretrainedWeightsError', 'read_weights', 'unwrap', 'load_strict',
            'resample_position_table', 'source_grid', 'parse_grid', 'convert_openai_clip_visual',
            'convert_solider_swin', 'patch_merging_mmcv_to_timm', 'LUPERSON_MEAN', 'LUPERSON_STD', 'HALF',
@@ -109,6 +111,14 @@ def load_pretrained(model, path, grid=None):
     return report
 
 
+def trained_file_checkpoint(path):
+    """The checkpoint dict (adapt_checkpoint) of a weights file that is a trained re-ID file of a
+    registered source, or None for any other weights file (ImageNet, self-supervised, ...): what
+    fine-tuning from it (--pretrained-path) takes its architecture and preprocessing from."""
+    checkpoint = adapt_checkpoint(read_weights(path), path)
+    return checkpoint if isinstance(checkpoint, dict) and 'source' in checkpoint else None
+
+
 def _load_trained(model, obj, report):
     """A trained re-ID file of a registered source as the start of fine-tuning: its checkpoint
     (adapt_checkpoint) loaded strictly into `model`, less its classifier (the new data has other
@@ -119,7 +129,8 @@ def _load_trained(model, obj, report):
                                      f'{type(model).__name__}, and the file is no trained file of a known source '
                                      f'({", ".join(source.name for source in trained_sources())})')
     report.source = checkpoint['source']
-    for kind, names in checkpoint['dropped'].items():
+    report.notes = list(checkpoint.get('notes', []))
+    for kind, names in checkpoint.get('dropped', {}).items():
         report.drop(kind, names)
     classifier = [k for k in checkpoint['state_dict'] if k.startswith('classifier.')]
     report.drop('classifier', classifier)

@@ -31,9 +31,8 @@ import re
 
 import torch
 
-from transforms import IMAGENET_MEAN, IMAGENET_STD
-
 from .core import PretrainedWeightsError, register_source
+from .fastreid import _pixel_statistics  # eras A and B's normalisation buffers, as for Baselines
 
 __all__ = ['ARCH', 'FEATURE_ORDER', 'recognise', 'to_checkpoint']
 
@@ -41,7 +40,7 @@ ARCH = 'fastreid_mgn'
 FEATURE_ORDER = ('b1', 'b2', 'b3', 'b21', 'b22', 'b31', 'b32', 'b33')  # fast-reid's torch.cat at test time
 _NECK = ('weight', 'bias', 'running_mean', 'running_var')
 _DEPTHS = {5: 'resnet50', 22: 'resnet101'}  # layer3 blocks of a branch (layer3[1:]) -> the ResNet
-_PIXEL = ('pixel_mean', 'pixel_std')
+_PIXEL = ('pixel_mean', 'pixel_std')  # fast-reid's normalisation buffers (eras A and B)
 _TRUNK = re.compile(r'(backbone\.[0-6]|b[123]\.[01])\.')
 # era -> a head's file names: GeM p, the 1x1 reduction conv, the BN after it (era A), BN-neck, classifier
 _HEAD_NAMES = {
@@ -136,15 +135,6 @@ def _heads(state, era, path):
                         f'fast-reid v0.1 shares one GeM module among the eight heads')
     pool = 'gem' if trained_p else ('max' if era == 'B' else 'avg')
     return out, used | set(classifiers), classifiers, width, pool, shared
-
-
-def _pixel_statistics(state, path):
-    """(mean, std) in [0, 1] units from eras A and B's pixel_mean / pixel_std (1, 3, 1, 1) buffers, which
-    fast-reid applies to 0-255 input; ImageNet's without them (era C)."""
-    if not any(k in state for k in _PIXEL):
-        return list(IMAGENET_MEAN), list(IMAGENET_STD)
-    return [[round(v / 255, 6) for v in _take(state, key, (1, 3, 1, 1), path, 'fast-reid normalisation').flatten().tolist()]
-            for key in _PIXEL]
 
 
 def to_checkpoint(state, info, path):

@@ -25,8 +25,9 @@ inside its model), cosine distance, the BN-neck output as the feature.
 """
 import re
 
-from models.base import PretrainedWeightsError
 from transforms import IMAGENET_MEAN, IMAGENET_STD
+
+from .core import PretrainedWeightsError, register_source
 
 __all__ = ['ARCH', 'read_architecture', 'recognise', 'to_checkpoint']
 
@@ -250,3 +251,6 @@ def to_checkpoint(state, info, path):
         'notes': arch['notes'],
         'dropped': dropped,
     }
+
+
+register_source('fast-reid Baseline', recognise, to_checkpoint)
