@@ -25,13 +25,14 @@ import copy
 import torch
 from torch import nn
 
+from weights.mgn import FEATURE_ORDER  # fast-reid's torch.cat order of the eight head features
+
 from .base import ReIDModel, make_global_pool
 from .fastreid import build_backbone
 from .resnet_ibn import init_resnet_weights
 
 __all__ = ['BACKBONES', 'FEATURE_ORDER', 'HEAD_LAYOUTS', 'MGN']
 
-FEATURE_ORDER = ('b1', 'b2', 'b3', 'b21', 'b22', 'b31', 'b32', 'b33')  # fast-reid's torch.cat order
 STRIPES = {'b2': ('b21', 'b22'), 'b3': ('b31', 'b32', 'b33')}
 # 'bn_relu': pool, 1x1 conv, BN, ReLU (fast-reid until 2020-09-01); 'conv': pool, 1x1 conv (later).
 HEAD_LAYOUTS = ('bn_relu', 'conv')
