@@ -3,7 +3,8 @@ era (tests/mgn_reference.py's key/shape table, written from fast-reid's code) lo
 forward matches the reference written from the raw tensors there, at 256x128 and at 250x118 (an odd size,
 where the stem max-pool of era A and of era C give maps of other sizes). Full-size R50-IBN-a models with
 random weights: the parity of the real tree costs a few seconds per forward on one CPU thread; the ONNX
-export of the graph (about 25 s on a shared 2-core machine) is most of this module's time.
+export of the graph (25-45 s on the shared 2-core machine) and the two script runs of a fabricated file are most
+of this module's time.
 """
 import numpy as np
 import onnxruntime
@@ -158,6 +159,24 @@ def test_fabricated_file_evaluates(files, tmp_path):
     path = tmp_path / 'market_mgn_R50-ibn.pth'
     torch.save({'model': {'module.' + k: v for k, v in files['A'].items()}, 'optimizer': {}, 'iteration': 1}, path)
     result = run_script('train_img_model_xent.py', '--root', root, '--evaluate', '--resume', path, '--height', '96',
-                        '--width', '32', '--workers', '0', '--train-batch', '8', '--test-batch', '16', '--save-dir', tmp_path / 'log')
+                        '--width', '32', '--workers', '0', '--train-batch', '8', '--test-batch', '16',
+                        '--save-dir', tmp_path / 'log')
     assert 'fast-reid era A MGN, resnet50-IBN-a' in result.stdout
+    assert 'dropped 2 (training state): iteration, optimizer' in result.stdout
     assert len(parse_results(result.stdout)) == 1
+
+
+def test_trains_as_a_reid_model(models_of):
+    """Fine-tuning goes through ReIDModel's contract: (logits over the new identities, the 2048-d feature
+    before the BN-necks) in train mode, gradients into every head, and into era A's one shared GeM p."""
+    checkpoint, _ = models_of['A']
+    options = checkpoint['model']['arch_options']
+    model = MGN(5, loss={'xent', 'htri'}, global_pool='gem', **options).train()
+    missing, unexpected = model.load_state_dict(checkpoint['state_dict'], strict=False)
+    assert missing == ['classifier.weight'] and not unexpected  # a new classifier for the new identities
+    logits, feature = model(torch.randn(4, 3, 96, 32))
+    assert logits.shape == (4, 5) and feature.shape == (4, 2048)
+    (logits.logsumexp(dim=1).mean() + feature.pow(2).mean()).backward()
+    shared_p = model.heads['b1'].pool.p
+    assert shared_p.grad is not None and [name for name, _ in model.named_parameters()].count('heads.b1.pool.p') == 1
+    assert all(model.heads[h].conv.weight.grad.abs().sum() > 0 for h in FEATURE_ORDER)
