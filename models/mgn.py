@@ -71,15 +71,14 @@ class MGN(ReIDModel):
     (models.fastreid); head: 'bn_relu' or 'conv' (HEAD_LAYOUTS); embedding_dim: each head's width
     (fast-reid: 256, so the feature is 2048-d); global_pool: the heads' pool ('gem' with a trainable p,
     'gem_fixed', 'avg' or 'max'); shared_pool: one pool module for all eight heads, as fast-reid's first
-    layout built it (a single trainable p). neck must be 'bnneck': the heads' BN-necks are part of MGN.
+    layout built it (a single trainable p). neck: 'bnneck', the heads' BN-necks, as fast-reid has them and
+    weights.mgn records for its files; 'none' leaves them out (the feature is then the reductions').
     """
 
     def __init__(self, num_classes, loss=('xent',), pool='avg', neck='bnneck', neck_feat='after',
                  backbone='resnet50', ibn=True, stem_pool='ceil', head='conv', embedding_dim=256, global_pool='gem',
                  shared_pool=False):
         super().__init__(loss, pool, neck, neck_feat)
-        if neck != 'bnneck':
-            raise ValueError("MGN's test feature is its heads' BN-neck outputs: build it with neck 'bnneck' (--bnneck)")
         if backbone not in BACKBONES:
             raise ValueError(f'MGN backbone {backbone!r}: choose from {BACKBONES}')
         if head not in HEAD_LAYOUTS:
