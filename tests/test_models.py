@@ -8,8 +8,8 @@ from torchvision.models import resnet50
 import checkpoints
 import model_config
 import models
-from models.mgn import MGN
 from conftest import shared_path
+from models.mgn import MGN
 
 
 @pytest.fixture(scope='module', params=models.get_names() + ['timm:resnet18'])
