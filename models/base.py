@@ -158,10 +158,12 @@ class ReIDModel(nn.Module):
         """(logits (B, num_classes), test feature (B, feat_dim)) in either mode; in eval mode the
         BNNeck normalises with its running statistics and the test feature is forward()'s. What
         a frozen teacher gives for distillation (models.teacher), where forward() in eval mode
-        would return the feature alone."""
+        would return the feature alone. A model without a classifier (unsupervised, or a trained
+        file whose classifiers were dropped) gives None for the logits: a teacher of features only."""
         f = self.pooled_features(x, camids)
         f_neck = self.bottleneck(f) if self.neck == 'bnneck' else f
-        return self.classifier(f_neck), (f_neck if self.neck_feat == 'after' else f)
+        logits = self.classifier(f_neck) if self.classifier is not None else None
+        return logits, (f_neck if self.neck_feat == 'after' else f)
 
     def _features(self, images, camids):
         return self.features(images, camids) if self.num_cameras else self.features(images)

@@ -17,6 +17,7 @@ import weights
 from conftest import parse_results, run_script
 from mgn_reference import FEATURE_ORDER, IMAGENET_MEAN_255, IMAGENET_STD_255, fabricate, reference_features
 from model_config import CheckpointError, from_checkpoint
+from models import FrozenTeacher
 from models.mgn import MGN
 
 SIZES = [(256, 128), (250, 118)]
@@ -162,6 +163,19 @@ def test_fabricated_file_evaluates(files, tmp_path):
     assert 'fast-reid era A MGN, resnet50-IBN-a' in result.stdout
     assert 'dropped 2 (training state): iteration, optimizer' in result.stdout
     assert len(parse_results(result.stdout)) == 1
+
+
+def test_teacher_of_features(models_of):
+    """--teacher with a fast-reid MGN file: its classifiers are dropped, so it teaches its features (what
+    --kd-relation reads) and no logits; the feature is its test feature at its own input size."""
+    checkpoint, model = models_of['C']
+    config = from_checkpoint(checkpoint)[1]
+    assert config['num_classes'] == 0
+    teacher = FrozenTeacher(model, config, config['pixel_mean'], config['pixel_std'])
+    _, images = _images(384, 128)
+    logits, feature = teacher(images)
+    with torch.no_grad():
+        assert logits is None and torch.equal(feature, model(images))
 
 
 def test_trains_as_a_reid_model(models_of):
