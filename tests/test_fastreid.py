@@ -5,6 +5,7 @@ splat,pooling}.py, heads/embedding_head.py), at 256x128 and at the odd size 250x
 stem pooling and the dilation of each era show."""
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from PIL import Image
 
 import checkpoints
 import export_onnx
+import extract_features
+import search_gallery
 from conftest import parse_results, run_script
 from feature_extractor import FeatureExtractor
 from model_config import from_checkpoint
@@ -452,21 +455,22 @@ def test_missing_bn_neck_raises(era):
         convert(state)
 
 
-def test_unsupported_variants_say_what():
-    state = fastreid_file('resnet50', 'C')
-    state['heads.bottleneck.1.weight'] = torch.ones(256)
-    with pytest.raises(PretrainedWeightsError, match='EMBEDDING_DIM'):
+@pytest.mark.parametrize('backbone,key,shape,message', [
+    ('resnet50', 'heads.bottleneck.1.weight', (256,), 'EMBEDDING_DIM'),         # a reduction head
+    ('resnet50', 'backbone.layer1.0.conv2.weight', (64, 2, 3, 3), 'ResNeXt'),   # grouped 3x3 convs
+    ('resnest50', 'backbone.conv1.0.weight', (64, 3, 3, 3), 'ResNeSt-50'),      # ResNeSt-101's stem
+    ('resnet50', 'backbone.layer1.0.se.fc.0.weight', (16, 256), 'squeeze-excitation'),
+])
+def test_unsupported_variants_say_what(backbone, key, shape, message):
+    state = fastreid_file(backbone, 'C')
+    state[key] = torch.zeros(shape)
+    with pytest.raises(PretrainedWeightsError, match=message):
         convert(state)
-    state = fastreid_file('resnet50', 'C')
-    state['backbone.layer1.0.conv2.weight'] = torch.zeros(64, 2, 3, 3)
-    with pytest.raises(PretrainedWeightsError, match='ResNeXt'):
-        convert(state)
-    state = {'backbone.conv1.conv.weight': torch.zeros(64, 3, 7, 7), **head_layout_tensors('C', 512)}
+
+
+def test_other_backbones_are_refused():
+    state = {'backbone.conv1.conv.weight': torch.zeros(64, 3, 7, 7), **head_layout_tensors('C', 512)}  # OSNet
     with pytest.raises(PretrainedWeightsError, match='other than ResNet'):
-        convert(state)
-    state = fastreid_file('resnest50', 'C')
-    state['backbone.conv1.0.weight'] = torch.zeros(64, 3, 3, 3)
-    with pytest.raises(PretrainedWeightsError, match='ResNeSt-50'):
         convert(state)
 
 
@@ -588,7 +592,14 @@ def tracker_file(tmp_path_factory):
 SMALL = ['--height', '64', '--width', '32', '--workers', '0']
 
 
-def test_fastreid_file_evaluates_extracts_searches_and_exports(synthetic_root, tracker_file, tmp_path):
+def _run_main(monkeypatch, module, *args):
+    """A tool's main() in this process, as its command line would run it."""
+    monkeypatch.setattr(sys, 'argv', [f'{module.__name__}.py', *map(str, args)])
+    module.main()
+
+
+def test_fastreid_file_evaluates_extracts_searches_and_exports(synthetic_root, tracker_file, tmp_path, monkeypatch,
+                                                                capsys):
     evaluated = run_script('train_img_model_xent.py', '--root', synthetic_root, *SMALL, '--evaluate',
                            '--resume', tracker_file, '--save-dir', tmp_path / 'eval')
     assert 'Trained file' in evaluated.stdout and 'fast-reid era C Baseline, resnet18' in evaluated.stdout
@@ -596,12 +607,12 @@ def test_fastreid_file_evaluates_extracts_searches_and_exports(synthetic_root, t
 
     market = synthetic_root / 'market1501'
     for split, name in (('query', 'q.npz'), ('bounding_box_test', 'g.npz')):
-        run_script('extract_features.py', '--resume', tracker_file, '--input', market / split,
-                   '--output', tmp_path / name, '--height', '64', '--width', '32')
+        _run_main(monkeypatch, extract_features, '--resume', tracker_file, '--input', market / split,
+                  '--output', tmp_path / name, '--height', '64', '--width', '32', '--device', 'cpu')
     gallery = np.load(tmp_path / 'g.npz')
     assert gallery['features'].shape[1] == 512 and str(gallery['metric']) == 'cosine'
-    run_script('search_gallery.py', '--gallery', tmp_path / 'g.npz', '--query', tmp_path / 'q.npz', '--topk', '5',
-               '--output', tmp_path / 'r.npz', '--device', 'cpu')
+    _run_main(monkeypatch, search_gallery, '--gallery', tmp_path / 'g.npz', '--query', tmp_path / 'q.npz',
+              '--topk', '5', '--output', tmp_path / 'r.npz', '--device', 'cpu')
     assert str(np.load(tmp_path / 'r.npz')['metric']) == 'cosine'
 
     # FeatureExtractor(FILE): the recorded 384x128, PIL bicubic, ImageNet normalisation, BN-neck, L2.
@@ -613,10 +624,10 @@ def test_fastreid_file_evaluates_extracts_searches_and_exports(synthetic_root, t
         expected = F.normalize(model(normalised(batch)), dim=1).numpy()
     np.testing.assert_allclose(FeatureExtractor(str(tracker_file))(images), expected, atol=1e-5)
 
-    onnx_path = tmp_path / 'reid.onnx'
-    exported = run_script('export_onnx.py', '--resume', tracker_file, '--output', onnx_path, '--height', '64',
-                          '--width', '32')
-    assert 'fast-reid era C' in exported.stdout
+    capsys.readouterr()
+    _run_main(monkeypatch, export_onnx, '--resume', tracker_file, '--output', tmp_path / 'reid.onnx',
+              '--height', '64', '--width', '32')
+    assert 'fast-reid era C' in capsys.readouterr().out
     side = json.loads((tmp_path / 'reid.onnx.metadata.json').read_text())
     assert side['img_size'] == [64, 32] and side['trained_resize'] == 'pil-bicubic' and side['metric'] == 'cosine'
     assert side['input_mean'] == IMAGENET_MEAN and side['feature_dim'] == 512
