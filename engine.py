@@ -26,6 +26,7 @@ import rerank
 import solver
 import utils
 import visualize
+import weights
 from dataset_loader import ImageReadError, build_loaders, check_train_batch, load_datasets
 from eval_metrics import (NoValidQueryError, evaluate_blocks, evaluate_features, format_verification,
                           pairwise_distance)
@@ -447,12 +448,16 @@ def run(args, *, video, loss, build_criterion, unsupervised=None):
         print('Note: --amp only applies on CUDA; running in float32')
 
     checkpoint = checkpoints.resolve_resume(args)
+    trained = None
     try:
-        taken = options.resolve_model_config(args, checkpoint)
-    except ValueError as error:
+        if checkpoint is None and args.pretrained_path:
+            trained = weights.trained_file_checkpoint(args.pretrained_path)
+        taken = options.resolve_model_config(args, checkpoint, trained)
+    except (ValueError, weights.PretrainedWeightsError) as error:
         raise UsageError(str(error)) from error
     if taken:
-        print('From the checkpoint: ' + ', '.join(f'{k} {v}' for k, v in taken))
+        print(f'From the {"checkpoint" if trained is None else "trained file " + args.pretrained_path}: '
+              + ', '.join(f'{k} {v}' for k, v in taken))
 
     print(f'Initializing dataset {" + ".join(args.dataset)}')
     dataset, test_sets = load_datasets(args)

@@ -216,7 +216,8 @@ def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False
                       help='translate: Random2DTranslation + flip (classic); pad-crop: flip, pad 10 (at 256x128, '
                            'scaled with the size), random crop (BoT); flip: resize + flip (OSNet) (default: %(default)s)')
     data.add_argument('--resize-mode', choices=RESIZE_MODES,
-                      help="pil: PIL's antialiased resize; tracker: bilinear without antialiasing, as trackers "
+                      help="pil: PIL's antialiased resize; pil-bicubic: PIL's bicubic (fast-reid's test resize); "
+                           "tracker: bilinear without antialiasing, as trackers "
                            "(OpenCV's INTER_LINEAR) resize their crops: the choice for a model that will run in a "
                            "tracker (default: the checkpoint's, else pil)")
     data.add_argument('--random-erasing', type=float, default=0.0, metavar='P',
@@ -411,15 +412,21 @@ def _flag_values(args):
             'pixel_std': args.pixel_std}
 
 
-def resolve_model_config(args, checkpoint=None):
+def resolve_model_config(args, checkpoint=None, pretrained=None):
     """Fill the model flags left unset from the checkpoint's recorded config (or the defaults:
     args.model_defaults where a script sets them, else model_config.CONFIG_DEFAULTS), in place, and
     return the list of (flag, value) taken from the checkpoint.
 
+    pretrained: without a checkpoint, the converted --pretrained-path file when it is a trained
+    re-ID file of another project (weights.trained_file_checkpoint): fine-tuning starts from its
+    model and preprocessing, which the flags may still change (its weights must fit the model).
+
     Raises ValueError when a flag given explicitly contradicts an option that shapes the model
     or its ranking (model_config.SHAPING_OPTIONS) as the checkpoint records it.
     """
-    recorded = model_config.checkpoint_config(checkpoint) if checkpoint is not None else {}
+    source = checkpoint if checkpoint is not None else pretrained
+    recorded = model_config.checkpoint_config(source) if source is not None else {}
+    recorded.pop('num_classes', None)
     authoritative = checkpoint is not None and 'model' in checkpoint
     defaults = {**model_config.CONFIG_DEFAULTS, **getattr(args, 'model_defaults', {})}  # a script's own model
     taken = []
@@ -443,7 +450,9 @@ def resolve_model_config(args, checkpoint=None):
         args.camera_embedding = True
         taken.append(('camera_embedding', f'{cameras} cameras'))
     args.num_cameras = cameras  # a fresh model takes the training set's count (engine.run)
-    args.arch_options = recorded.get('arch_options', defaults['arch_options'])  # no flag: the file's
+    # no flag: the file's, for its own architecture
+    same_arch = values['arch'] == recorded.get('arch')
+    args.arch_options = recorded['arch_options'] if same_arch else defaults['arch_options']
     args.arch, args.last_stride, args.neck_feat = values['arch'], values['last_stride'], values['neck_feat']
     args.global_pool, args.patch_stride = values['global_pool'], values['patch_stride']
     args.camera_embedding_weight = values['camera_weight']

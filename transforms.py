@@ -20,9 +20,10 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 MEAN_PIXEL = tuple(round(255 * m) for m in IMAGENET_MEAN)  # (124, 116, 104): about 0 once normalised
 AUGMENTATIONS = ('translate', 'pad-crop', 'flip')
-# How crops are resized: PIL's antialiased bilinear (the classic pipeline), or bilinear without
+# How crops are resized: PIL's antialiased bilinear (the classic pipeline), PIL's bicubic (how
+# fast-reid tests: torchvision Resize(interpolation=3) on PIL images), or bilinear without
 # antialiasing on the pixel grid, as trackers resize with OpenCV's INTER_LINEAR (BoxMOT does).
-RESIZE_MODES = ('pil', 'tracker')
+RESIZE_MODES = ('pil', 'tracker', 'pil-bicubic')
 
 
 class Random2DTranslation(torch.nn.Module):
@@ -68,7 +69,8 @@ def build_transforms(height, width, augment='translate', random_erasing=0.0, fil
     published recipe fills the normalised image with 0, which is that pixel up to its rounding
     to uint8 (at most 0.009 in normalised units). fill_mean: the mean of another normalisation
     (the pretrained weights' pixel mean, in [0, 1]) whose mean pixel fills instead.
-    resize: 'pil', PIL's antialiased bilinear resize (the images go through PIL); or 'tracker',
+    resize: 'pil', PIL's antialiased bilinear resize (the images go through PIL); 'pil-bicubic',
+    PIL's bicubic resize (fast-reid's test pipeline, and what its files record); or 'tracker',
     bilinear without antialiasing on the uint8 pixel grid (half-pixel centres), which is how
     trackers resize their crops (OpenCV's INTER_LINEAR, up to its fixed-point rounding): a model
     that will run inside a tracker sees at training and test time what it will see there.
@@ -77,21 +79,23 @@ def build_transforms(height, width, augment='translate', random_erasing=0.0, fil
         raise ValueError(f'unknown augmentation {augment!r}; choose from {AUGMENTATIONS}')
     if resize not in RESIZE_MODES:
         raise ValueError(f'unknown resize mode {resize!r}; choose from {RESIZE_MODES}')
-    antialias = resize == 'pil'
+    antialias = resize != 'tracker'
+    interpolation = InterpolationMode.BICUBIC if resize == 'pil-bicubic' else InterpolationMode.BILINEAR
+    resize_to = Resize((height, width), interpolation=interpolation, antialias=antialias)
     if augment == 'translate':
-        geometry = [Random2DTranslation(height, width, antialias=antialias), RandomHorizontalFlip()]
+        geometry = [Random2DTranslation(height, width, interpolation=interpolation, antialias=antialias),
+                    RandomHorizontalFlip()]
     elif augment == 'flip':
-        geometry = [Resize((height, width), antialias=antialias), RandomHorizontalFlip()]
+        geometry = [resize_to, RandomHorizontalFlip()]
     else:
         padding = max(1, round(10 * min(height / 256, width / 128)))
-        geometry = [Resize((height, width), antialias=antialias), RandomHorizontalFlip(), Pad(padding),
-                    RandomCrop((height, width))]
+        geometry = [resize_to, RandomHorizontalFlip(), Pad(padding), RandomCrop((height, width))]
     fill = MEAN_PIXEL if fill_mean is None else tuple(round(255 * m) for m in fill_mean)
     erasing = [RandomErasing(p=random_erasing, scale=(0.02, 0.4), ratio=(0.3, 3.3), value=fill)]
     # PIL always antialiases: the tracker mode works on the tensor from the start.
     first, last = ([], [ToImage()]) if antialias else ([ToImage()], [])
     train = Compose(first + geometry + last + (erasing if random_erasing > 0 else []))
-    test = Compose(first + [Resize((height, width), antialias=antialias)] + last)
+    test = Compose(first + [resize_to] + last)
     return train, test
 
 

@@ -7,8 +7,10 @@ import weights
 
 from .base import GLOBAL_POOLS, BatchNormGroups, PretrainedWeightsError, ReIDModel, TestFeatureNet, temporal_pool
 from .densenet import DenseNet121
+from .fastreid import FastReIDBaseline
 from .hacnn import HACNN_ARCHS
 from .lightmbn import LIGHTMBN_ARCHS
+from .mgn import MGN
 from .mlfn import MLFN_ARCHS
 from .mobilenetv2 import MOBILENETV2_ARCHS
 from .osnet import OSNET_ARCHS
@@ -33,7 +35,8 @@ _CLASSIC = {
 # (class, keyword arguments), model = cls(num_classes, **kwargs, **arch_options).
 ZOO_ARCHS = {**TORCHREID_RESNET_ARCHS, **MLFN_ARCHS, **HACNN_ARCHS, **MOBILENETV2_ARCHS, **LIGHTMBN_ARCHS}
 # Every -a name but timm:<model>; the classic three keep their 2018 tensor layout.
-NAMES = [*_CLASSIC, 'resnet50_ibn_a', *OSNET_ARCHS, *ZOO_ARCHS, *VIT_ARCHS, *SWIN_ARCHS]
+NAMES = [*_CLASSIC, 'resnet50_ibn_a', *OSNET_ARCHS, *ZOO_ARCHS, *VIT_ARCHS, *SWIN_ARCHS, 'fastreid_baseline',
+         'fastreid_mgn']
 
 
 def get_names():
@@ -81,7 +84,7 @@ def init_model(name, num_classes, loss=('xent',), pretrained=True, pretrained_pa
                          f'not to {name}')
     if (name in ('resnet50m', 'densenet121') or name in ZOO_ARCHS) and global_pool != 'avg':
         raise ValueError(f'--global-pool applies to resnet50, resnet50_ibn_a, swin_* and timm models, not {name}')
-    if last_stride != 2 and name not in ('resnet50', 'resnet50m', 'resnet50_ibn_a', 'densenet121'):
+    if last_stride != 2 and name not in ('resnet50', 'resnet50m', 'resnet50_ibn_a', 'fastreid_baseline', 'densenet121'):
         raise ValueError(f'--last-stride applies to the ResNets, not to {name}')
     table = {}  # the constructor options a name stands for (OSNET_ARCHS, VIT_ARCHS); arch_options override them
     if name == 'densenet121':  # torchvision's DenseNet file layout is loaded by torchvision itself
@@ -93,6 +96,10 @@ def init_model(name, num_classes, loss=('xent',), pretrained=True, pretrained_pa
                        **({'global_pool': global_pool} if name == 'resnet50' else {}))
     elif name == 'resnet50_ibn_a':
         family, options = ResNet50IBNa, dict(last_stride=last_stride, global_pool=global_pool)
+    elif name == 'fastreid_baseline':  # backbone and era in arch_options (models.fastreid)
+        family, options = FastReIDBaseline, dict(last_stride=last_stride, global_pool=global_pool)
+    elif name == 'fastreid_mgn':  # backbone, era and head layout in arch_options (models.mgn)
+        family, options = MGN, dict(global_pool=global_pool)
     elif name in OSNET_ARCHS:
         family, table = OSNET_ARCHS[name]
         options = dict(global_pool=global_pool)

@@ -15,7 +15,7 @@ __all__ = ['ReIDModel', 'TrunkFeatureModel', 'TestFeatureNet', 'BatchNormGroups'
 
 NECKS = ('none', 'bnneck')
 NECK_FEATS = ('after', 'before')
-GLOBAL_POOLS = ('avg', 'max', 'gem')
+GLOBAL_POOLS = ('avg', 'max', 'gem', 'gem_fixed')
 
 
 def temporal_pool(frame_features, pool):
@@ -28,13 +28,18 @@ def temporal_pool(frame_features, pool):
 
 
 class GeneralizedMeanPooling(nn.Module):
-    """Generalised-mean (GeM) pooling (Radenovic et al., TPAMI 2018) with a learnable exponent:
-    (N, C, H, W) -> (N, C), mean(x.clamp(min=eps) ** p) ** (1 / p) over H and W. p = 1 is average
-    pooling and p -> infinity max pooling; p starts at 3, as in fast-reid's GeM-p."""
+    """Generalised-mean (GeM) pooling (Radenovic et al., TPAMI 2018): (N, C, H, W) -> (N, C),
+    mean(x.clamp(min=eps) ** p) ** (1 / p) over H and W. p = 1 is average pooling and p -> infinity
+    max pooling. trainable: p is a parameter (`p` in the state dict) starting at 3, as in
+    fast-reid's GeM-p; otherwise p stays 3 and is no tensor of the state dict, as in fast-reid's
+    fixed GeM (its AGW recipe)."""
 
-    def __init__(self, p=3.0, eps=1e-6):
+    def __init__(self, p=3.0, eps=1e-6, trainable=True):
         super().__init__()
-        self.p = nn.Parameter(torch.tensor(float(p)))
+        if trainable:
+            self.p = nn.Parameter(torch.tensor(float(p)))
+        else:
+            self.register_buffer('p', torch.tensor(float(p)), persistent=False)
         self.eps = eps
 
     def forward(self, feature_map):
@@ -61,11 +66,14 @@ class _GlobalPool(nn.Module):
 
 
 def make_global_pool(kind):
-    """The spatial pooling of a CNN or Swin feature map (--global-pool): 'avg', 'max' or 'gem'
-    (GeneralizedMeanPooling, whose p is a parameter: `global_pool.p` in the state dict)."""
+    """The spatial pooling of a CNN or Swin feature map (--global-pool): 'avg', 'max', 'gem'
+    (GeneralizedMeanPooling, whose p is a parameter: `global_pool.p` in the state dict) or
+    'gem_fixed' (p fixed at 3)."""
     if kind not in GLOBAL_POOLS:
         raise ValueError(f'unknown global pooling {kind!r}; choose from {GLOBAL_POOLS}')
-    return GeneralizedMeanPooling() if kind == 'gem' else _GlobalPool(kind)
+    if kind.startswith('gem'):
+        return GeneralizedMeanPooling(trainable=kind == 'gem')
+    return _GlobalPool(kind)
 
 
 class ReIDModel(nn.Module):
@@ -150,10 +158,12 @@ class ReIDModel(nn.Module):
         """(logits (B, num_classes), test feature (B, feat_dim)) in either mode; in eval mode the
         BNNeck normalises with its running statistics and the test feature is forward()'s. What
         a frozen teacher gives for distillation (models.teacher), where forward() in eval mode
-        would return the feature alone."""
+        would return the feature alone. A model without a classifier (unsupervised, or a trained
+        file whose classifiers were dropped) gives None for the logits: a teacher of features only."""
         f = self.pooled_features(x, camids)
         f_neck = self.bottleneck(f) if self.neck == 'bnneck' else f
-        return self.classifier(f_neck), (f_neck if self.neck_feat == 'after' else f)
+        logits = self.classifier(f_neck) if self.classifier is not None else None
+        return logits, (f_neck if self.neck_feat == 'after' else f)
 
     def _features(self, images, camids):
         return self.features(images, camids) if self.num_cameras else self.features(images)

@@ -20,7 +20,7 @@ from torch import nn
 
 from .base import ReIDModel, make_global_pool
 
-__all__ = ['ResNet50IBNa', 'IBN']
+__all__ = ['ResNet50IBNa', 'IBN', 'Bottleneck', 'make_bottleneck_stage', 'init_resnet_weights']
 
 
 class IBN(nn.Module):
@@ -46,7 +46,7 @@ class IBN(nn.Module):
         return torch.cat([self.IN(instance_part), self.BN(batch_part)], dim=1)
 
 
-class _Bottleneck(nn.Module):
+class Bottleneck(nn.Module):
     """ResNet v1.5 bottleneck: (N, inplanes, H, W) -> (N, 4 * planes, H / stride, W / stride).
 
     1x1 conv -> bn1 (IBN when ibn) -> relu -> 3x3 conv with the stride -> bn2 -> relu ->
@@ -80,11 +80,22 @@ class _Bottleneck(nn.Module):
         return self.relu(out + shortcut)
 
 
-def _make_layer(inplanes, planes, blocks, stride, ibn):
+def init_resnet_weights(root):
+    """torchvision's ResNet initialisation, so a randomly initialised IBN-a trains like the
+    plain ResNet50 of this repo: Kaiming-normal (fan_out) convs, unit-scale zero-shift norms."""
+    for module in root.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
+        elif isinstance(module, (nn.BatchNorm2d, nn.InstanceNorm2d)) and module.affine:
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+def make_bottleneck_stage(inplanes, planes, blocks, stride, ibn):
     """A stage of `blocks` bottlenecks, (N, inplanes, H, W) -> (N, 4 * planes, H / stride, W / stride);
     only the first block strides and changes the width."""
-    layers = [_Bottleneck(inplanes, planes, stride=stride, ibn=ibn)]
-    layers += [_Bottleneck(planes * _Bottleneck.expansion, planes, ibn=ibn) for _ in range(1, blocks)]
+    layers = [Bottleneck(inplanes, planes, stride=stride, ibn=ibn)]
+    layers += [Bottleneck(planes * Bottleneck.expansion, planes, ibn=ibn) for _ in range(1, blocks)]
     return nn.Sequential(*layers)
 
 
@@ -104,22 +115,12 @@ class _ResNet50IBNaTrunk(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = _make_layer(64, 64, 3, stride=1, ibn=True)
-        self.layer2 = _make_layer(256, 128, 4, stride=2, ibn=True)
-        self.layer3 = _make_layer(512, 256, 6, stride=2, ibn=True)
+        self.layer1 = make_bottleneck_stage(64, 64, 3, stride=1, ibn=True)
+        self.layer2 = make_bottleneck_stage(256, 128, 4, stride=2, ibn=True)
+        self.layer3 = make_bottleneck_stage(512, 256, 6, stride=2, ibn=True)
         # last_stride only changes layer4[0]'s conv2 and shortcut stride; its weights are the same
-        self.layer4 = _make_layer(1024, 512, 3, stride=last_stride, ibn=False)
-        self._init_weights()
-
-    def _init_weights(self):
-        """torchvision's ResNet initialisation, so a randomly initialised IBN-a trains like the
-        plain ResNet50 of this repo: Kaiming-normal (fan_out) convs, unit-scale zero-shift norms."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
-            elif isinstance(module, (nn.BatchNorm2d, nn.InstanceNorm2d)):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        self.layer4 = make_bottleneck_stage(1024, 512, 3, stride=last_stride, ibn=False)
+        init_resnet_weights(self)
 
     def forward(self, images):
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))

@@ -37,7 +37,8 @@ class FrozenTeacher(nn.Module):
     features, as evaluation on another dataset does.
 
     forward(imgs (B, 3, H, W) or clips (B, S, 3, H, W), camids (B,) or None) ->
-    (logits (B, num_classes), test feature (B, feat_dim)), from models.ReIDModel.logits_and_test_feature.
+    (logits (B, num_classes), or None for a teacher without a classifier, test feature (B, feat_dim)), from
+    models.ReIDModel.logits_and_test_feature.
     """
 
     def __init__(self, model, config, student_mean, student_std, cameras=False, path=None, sha256=None):

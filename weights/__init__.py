@@ -20,7 +20,10 @@ and its error wording, the report, the registry of trained-file sources):
 - torchreid.py: torchreid's OSNet and OSNet-AIN files (ImageNet and re-ID zoo) and its re-ID zoo's
   resnet50, resnet50_fc512, mlfn, hacnn, mobilenetv2_x1_0 / x1_4 files;
 - lightmbn.py: LightMBN lmbn_n trained files (`backone.` or BoxMOT's `backbone.`);
-- timm_net.py: any timm file for `-a timm:<name>`.
+- timm_net.py: any timm file for `-a timm:<name>`;
+- fastreid.py: fast-reid's Baseline files of its three eras (model zoo, trackers' re-ID files),
+  a trained-file source;
+- mgn.py: fast-reid's MGN files of its three eras (both head layouts), a trained-file source.
 
 Trained re-ID files of other projects as checkpoints: checkpoints.load_checkpoint passes every
 file's object to adapt_checkpoint(checkpoint, path), which tries each registered source in turn
@@ -52,7 +55,7 @@ less its classifier, strictly into the model.
 """
 import torch
 
-from . import clipreid, lightmbn, torchreid  # noqa: F401 (importing a source module registers it)
+from . import clipreid, fastreid, lightmbn, mgn, torchreid  # noqa: F401 (importing a source module registers it)
 from .clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, convert_clip, convert_openai_clip_visual
 from .core import (
     HALF,
@@ -73,9 +76,9 @@ from .timm_net import convert_timm
 from .torchreid import convert_osnet, torchreid_arch, torchreid_osnet_arch
 from .vit import convert_vit
 
-__all__ = ['load_pretrained', 'adapt_checkpoint', 'describe_adapted', 'register_source', 'trained_sources',
-           'torchreid_osnet_arch', 'torchreid_arch', 'LoadReport', 'PretrainedWeightsError', 'read_weights', 'unwrap',
-           'load_strict',
+__all__ = ['load_pretrained', 'trained_file_checkpoint', 'adapt_checkpoint', 'describe_adapted', 'register_source',
+           'trained_sources', 'torchreid_osnet_arch', 'torchreid_arch', 'LoadReport', 'PretrainedWeightsError',
+           'read_weights', 'unwrap', 'load_strict',
            'resample_position_table', 'source_grid', 'parse_grid', 'convert_openai_clip_visual',
            'convert_solider_swin', 'patch_merging_mmcv_to_timm', 'LUPERSON_MEAN', 'LUPERSON_STD', 'HALF',
            'OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD']
@@ -121,6 +124,14 @@ def load_pretrained(model, path, grid=None):
     return report
 
 
+def trained_file_checkpoint(path):
+    """The checkpoint dict (adapt_checkpoint) of a weights file that is a trained re-ID file of a
+    registered source, or None for any other weights file (ImageNet, self-supervised, ...): what
+    fine-tuning from it (--pretrained-path) takes its architecture and preprocessing from."""
+    checkpoint = adapt_checkpoint(read_weights(path), path)
+    return checkpoint if isinstance(checkpoint, dict) and 'source' in checkpoint else None
+
+
 def _load_trained(model, obj, report):
     """A trained re-ID file of a registered source as the start of fine-tuning: its checkpoint
     (adapt_checkpoint) loaded strictly into `model`, less its classifier (the new data has other
@@ -131,7 +142,8 @@ def _load_trained(model, obj, report):
                                      f'{type(model).__name__}, and the file is no trained file of a known source '
                                      f'({", ".join(source.name for source in trained_sources())})')
     report.source = checkpoint['source']
-    for kind, names in checkpoint['dropped'].items():
+    report.notes = list(checkpoint.get('notes', []))
+    for kind, names in checkpoint.get('dropped', {}).items():
         report.drop(kind, names)
     classifier = [k for k in checkpoint['state_dict'] if k.startswith('classifier.')]
     report.drop('classifier', classifier)

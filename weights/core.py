@@ -214,6 +214,11 @@ def adapt_checkpoint(checkpoint, path):
             missing = [k for k in ('state_dict', 'model', 'source') if k not in adapted]
             if missing:
                 raise ValueError(f'trained-file source {source.name!r} returned no {", ".join(missing)}')
+            # what the file holds beside its weights (fast-reid's optimizer, scheduler, iteration)
+            training = sorted(k for k, v in checkpoint.items() if k not in ('model', 'state_dict') and
+                              not torch.is_tensor(v))
+            if training:
+                adapted.setdefault('dropped', {})['training state'] = training
             return adapted
     return checkpoint
 
@@ -228,4 +233,5 @@ def describe_adapted(checkpoint, path):
     config = checkpoint['model']
     report.pixel_mean = config.get('pixel_mean', report.pixel_mean)
     report.pixel_std = config.get('pixel_std', report.pixel_std)
+    report.notes = list(checkpoint.get('notes', []))
     return str(report).replace('Pretrained weights', 'Trained file', 1)
