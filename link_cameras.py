@@ -49,7 +49,8 @@ import visualize
 from camera_transitions import TransitionFileError, TransitionModel
 from feature_extractor import FeatureExtractor
 from linking import link_tracklets
-from mtmc_eval import MultiCameraEvaluation, best_linking, pairwise_scores
+from cluster import pairwise_scores
+from mtmc_eval import MultiCameraEvaluation, best_linking
 from mtmc_scene import InputError
 from tracklet_table import TrackletTable
 
@@ -328,8 +329,10 @@ def run(args):
         truth = scenes.majority_truth()
         table.gt_id = np.array([truth.get(i, -1) for i in range(len(table))], dtype=np.int64)
         unit_truth = np.array([truth.get(u, -1) for u in range(len(labels))])
+        known = unit_truth >= 0  # pairs of tracklets matched to ground truth
         linked, alone = scenes.scores(labels), scenes.scores(track_of_unit)
-        pairs_linked, pairs_alone = pairwise_scores(labels, unit_truth), pairwise_scores(track_of_unit, unit_truth)
+        pairs_linked = pairwise_scores(labels[known], unit_truth[known])[:2]
+        pairs_alone = pairwise_scores(track_of_unit[known], unit_truth[known])[:2]
         print('Scores against --gt (multi-camera: all cameras jointly)')
         print_scores('no linking', alone['all'], pairs_alone)
         print_scores('linked', linked['all'], pairs_linked)

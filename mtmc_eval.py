@@ -3,19 +3,16 @@
 Multi-camera IDF1 / IDP / IDR are computed jointly over all cameras, as DukeMTMC and AI City
 define them: the boxes of every (camera, frame) form one sequence, so one identity must keep
 one id across cameras; per camera the same measures on that camera's frames. A hypothesis box
-matches a ground-truth box of its (camera, frame) at IoU >= 0.5. Beside them, for the
-association step alone, the pairwise precision and recall over tracklet pairs (a pair is
-positive when both tracklets carry one ground-truth identity).
+matches a ground-truth box of its (camera, frame) at IoU >= 0.5.
 
 The tracker's boxes are fixed and only their identities change between linkings, so the
 matching is computed once (MultiCameraEvaluation) and each labelling of the tracklets is
-scored by relabelling the hypothesis ids of its events.
+scored by relabelling the hypothesis ids of its events. Pairwise scores: cluster.pairwise_scores.
 """
 import numpy as np
 import motmetrics as mm
-from sklearn.metrics.cluster import pair_confusion_matrix
 
-__all__ = ['MultiCameraEvaluation', 'pairwise_scores', 'best_linking', 'FRAME_STRIDE', 'MIN_IOU']
+__all__ = ['MultiCameraEvaluation', 'best_linking', 'FRAME_STRIDE', 'MIN_IOU']
 
 FRAME_STRIDE = 1 << 32   # key of (camera c, frame f) in the joint sequence: c * FRAME_STRIDE + f
 MIN_IOU = 0.5
@@ -85,19 +82,6 @@ class MultiCameraEvaluation:
         counts = matched.groupby(['HId', 'OId']).size().reset_index(name='n')
         counts = counts.sort_values(['HId', 'n', 'OId'], ascending=[True, False, True]).drop_duplicates('HId')
         return {int(h): int(o) for h, o in zip(counts['HId'], counts['OId'])}
-
-
-def pairwise_scores(labels, truth):
-    """(precision, recall) over pairs of tracklets: labels, truth (N,) int, truth -1 unknown
-    (left out). A pair is predicted positive when its labels agree, truly positive when its
-    truths do. NaN where a count is zero."""
-    labels, truth = np.asarray(labels), np.asarray(truth)
-    known = truth >= 0
-    counts = pair_confusion_matrix(truth[known], labels[known])
-    true_positive = counts[1, 1]
-    precision = true_positive / (counts[1, 1] + counts[0, 1]) if counts[1, 1] + counts[0, 1] else float('nan')
-    recall = true_positive / (counts[1, 1] + counts[1, 0]) if counts[1, 1] + counts[1, 0] else float('nan')
-    return float(precision), float(recall)
 
 
 def best_linking(score, link, thresholds, prior_weights):
