@@ -90,24 +90,24 @@ def random_camera(rng, domain_shift=0.0):
     return camera
 
 
-def render(person, camera, rng, x_shift=0.0, y_shift=0.0, phase=0.0, mirror=False,
-           crop_to=None):
-    """Draw a person seen by a camera; return an (IMG_HEIGHT, IMG_WIDTH, 3) uint8 array.
-
-    x_shift/y_shift move the person (fractions of the image), phase is the walking cycle,
-    mirror puts the bag on the other side, crop_to keeps only a band of rows (junk boxes).
-    """
-    h, w = IMG_HEIGHT, IMG_WIDTH
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+def paint_background(camera, yy):
+    """The camera's backdrop at pixel rows yy (an (H, W) grid): a vertical gradient from its
+    top to its bottom colour over the image height IMG_HEIGHT, and its clutter boxes;
+    returns an (H, W, 3) float array."""
     top, bottom = camera.background
-    img = top + (bottom - top) * (yy / h)[..., None]
+    img = top + (bottom - top) * (yy / IMG_HEIGHT)[..., None]
     for y0, y1, x0, x1, colour in camera.clutter:
         img[y0:y1, x0:x1] = colour
+    return img
 
-    body_h = person.height * camera.scale * h
-    body_w = person.girth * camera.scale * w
-    cx = w / 2 + x_shift * w
-    y_top = (h - body_h) / 2 + y_shift * h
+
+def paint_person(img, yy, xx, person, cx, y_top, body_h, body_w, phase=0.0, mirror=False):
+    """Paint a person over img ((H, W, 3) float, changed in place) whose pixel centres are at
+    rows yy and columns xx ((H, W) grids, in any coordinates; img may be a window of a larger
+    picture). The body axis is at column cx, the top of the head at row y_top, the feet at
+    y_top + body_h; body_w is the torso width; the bag reaches 0.76 body_w from the axis.
+    phase is the walking cycle, mirror puts the bag on the other side. Returns the (H, W)
+    bool mask of the pixels painted."""
     v = (yy - y_top) / body_h  # 0 at the top of the head, 1 at the feet
     u = (xx - cx) / body_w     # 0 on the body axis
 
@@ -128,19 +128,44 @@ def render(person, camera, rng, x_shift=0.0, y_shift=0.0, phase=0.0, mirror=Fals
     shirt[second] = person.shirt2
     img[torso] = shirt[torso]
     img[left_leg | right_leg] = person.trousers
+    painted = head | torso | left_leg | right_leg
     if person.bag is not None:
         side = -1 if mirror else 1
         bag = (np.abs(u - side * 0.6) <= 0.16) & (v >= 0.3) & (v < 0.5)
         img[bag] = person.bag
+        painted |= bag
+    return painted
 
+
+def expose(img, camera, rng, noise=None):
+    """What the camera records of a scene img ((H, W, 3) float in [0, 1]): its colour cast and
+    light, a random exposure change of +-10% and sensor noise (noise: an array broadcasting to
+    img, e.g. drawn once for many frames; default fresh Gaussian noise of std 0.03); an
+    (H, W, 3) uint8 array."""
+    img = img * camera.cast * camera.light * rng.uniform(0.9, 1.1)
+    img = img + (rng.normal(0, 0.03, size=img.shape) if noise is None else noise)
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def render(person, camera, rng, x_shift=0.0, y_shift=0.0, phase=0.0, mirror=False,
+           crop_to=None):
+    """Draw a person seen by a camera; return an (IMG_HEIGHT, IMG_WIDTH, 3) uint8 array.
+
+    x_shift/y_shift move the person (fractions of the image), phase is the walking cycle,
+    mirror puts the bag on the other side, crop_to keeps only a band of rows (junk boxes).
+    """
+    h, w = IMG_HEIGHT, IMG_WIDTH
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = paint_background(camera, yy)
+    body_h = person.height * camera.scale * h
+    body_w = person.girth * camera.scale * w
+    paint_person(img, yy, xx, person, cx=w / 2 + x_shift * w, y_top=(h - body_h) / 2 + y_shift * h,
+                 body_h=body_h, body_w=body_w, phase=phase, mirror=mirror)
     if crop_to is not None:
         keep = np.zeros(h, dtype=bool)
         keep[crop_to[0]:crop_to[1]] = True
-        img[~keep] = top
-
-    img = img * camera.cast * camera.light * rng.uniform(0.9, 1.1)
-    img = img + rng.normal(0, 0.03, size=img.shape)
-    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+        img[~keep] = camera.background[0]
+    return expose(img, camera, rng)
 
 
 def _save(array, path):
