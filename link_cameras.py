@@ -163,8 +163,8 @@ def calibrate(args, extractor, topology):
                            len(track_of_unit))
     thresholds = [args.threshold] if args.threshold is not None else THRESHOLDS
     weights = [args.prior_weight] if args.prior_weight is not None else PRIOR_WEIGHTS
-    threshold, weight, idf1, _ = best_linking(lambda labels: scenes.scores(labels)['all']['idf1'], link,
-                                              thresholds, weights)
+    threshold, weight, idf1, _ = best_linking(lambda labels: scenes.scores(labels, per_camera=False)['all']['idf1'],
+                                              link, thresholds, weights)
     print(f'Calibrated on {args.learn_transitions}: threshold {threshold:g}, prior weight {weight:g} '
           f'(multi-camera IDF1 {idf1:.1%} there)')
     return transitions, threshold, weight

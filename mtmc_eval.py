@@ -56,11 +56,11 @@ class MultiCameraEvaluation:
         self.camera_of_event = frame_ids // FRAME_STRIDE
         self.metrics = mm.metrics.create()
 
-    def scores(self, labels):
+    def scores(self, labels, per_camera=True):
         """{'all': {'idf1', 'idp', 'idr'}, camera name: {...}} of the labelling labels: {unit:
-        identity} (a dict, or an array indexed by unit). ValueError when one identity has two
-        boxes in one (camera, frame), which no single-camera track can (the same-camera rule
-        was broken)."""
+        identity} (a dict, or an array indexed by unit); per_camera=False: 'all' only (faster).
+        ValueError when one identity has two boxes in one (camera, frame), which no
+        single-camera track can (the same-camera rule was broken)."""
         relabel = (lambda u: labels[u]) if isinstance(labels, dict) else (lambda u: int(labels[u]))
         mapping = {u: relabel(u) for u in np.unique(self.hyp_units).tolist()}
         identity = np.array([mapping[u] for u in self.hyp_units.tolist()], dtype=np.int64)
@@ -70,8 +70,8 @@ class MultiCameraEvaluation:
                              'overlap in time were given one identity')
         events = self.events.copy()
         events['HId'] = events['HId'].map(mapping)
-        names = ['all'] + self.camera_names
-        parts = [events] + [events[self.camera_of_event == c] for c in range(len(self.camera_names))]
+        names = ['all'] + (self.camera_names if per_camera else [])
+        parts = [events] + [events[self.camera_of_event == c] for c in range(len(names) - 1)]
         table = self.metrics.compute_many(parts, metrics=METRICS, names=names, generate_overall=False)
         return {name: {m: float(table.loc[name, m]) for m in METRICS} for name in names}
 
