@@ -9,9 +9,10 @@ then by row (a fixed order). The pair is allowed (may end in one identity) when
   - of one camera, they do not overlap in time: start_j > end_i (closed intervals: sharing a
     frame is overlapping);
   - with disjoint_views, of two cameras, they do not overlap in time either;
-  - with `transitions`: window(camera_i, camera_j) is not None, gap = start_j - end_i lies in
-    it and cost(camera_i, camera_j, gap) is finite. Same-camera pairs are gated the same way,
-    by window(a, a) (a person leaving a view and coming back, or a track broken in two).
+  - with `transitions`, of two cameras: window(camera_i, camera_j) is not None, gap =
+    start_j - end_i lies in it and cost(camera_i, camera_j, gap) is finite;
+  - with `transitions`, of one camera (a track broken in two, a person coming back; the model
+    covers pairs of different cameras only): gap <= transitions.max_window(), at cost 0.
 Every other pair is forbidden. Its distance is d(i, j) = appearance + prior_weight * cost, with
 appearance = 1 - cos(f_i, f_j) (in [0, 2]) or, distance='jaccard', the k-reciprocal Jaccard
 distance (in [0, 1]) of cluster.py over the candidate neighbourhoods (below).
@@ -35,8 +36,12 @@ Why it is about linear at a fixed density of tracklets in time:
 2. A merge needs at least one pair below the threshold between the two clusters (a mean is at
    least its minimum), so a cluster never spans two connected components of the graph of
    allowed pairs with d < threshold. A first pass over the candidates finds those components
-   (scipy); a second keeps only the allowed pairs inside one component, the only ones an average
-   can ever read. Every other candidate pair is dropped once its distance is known.
+   (scipy). Then only the allowed pairs inside one component are kept, the only ones an average
+   can ever read: enumerated component by component (the sum of their squared sizes, small
+   where the threshold separates people), or by a second sweep when that is smaller.
+   Appearance distances are computed only where needed: in the sweep for the pairs whose
+   prior_weight * cost alone is below the threshold (appearance >= 0), then for the pairs
+   inside a component; every other candidate costs its time test only.
 3. Average linkage over those sparse pairs with a heap: for each pair of live clusters that may
    merge, the sum of d over its member pairs (their count is |P| |Q|, since all are allowed).
    Merging P and Q keeps, for each R adjacent to both, sum(P, R) + sum(Q, R), and drops the
@@ -67,62 +72,127 @@ CHUNK_PAIRS = 1 << 22  # candidate pairs handled at once: ~100 MiB of index and 
 NEAREST_FLUSH = 1 << 23  # (row, neighbour) entries gathered before they are merged into the k1 lists
 
 
-def candidate_pairs(table, transitions=None, disjoint_views=False):
-    """Yield the allowed pairs of the module docstring as chunks (rows, cols, cost): rows (M,)
-    int64 the earlier tracklet, cols (M,) int64 the later one, cost (M,) float64 the transition
-    cost (0 without transitions), at most CHUNK_PAIRS a chunk. Each allowed pair once."""
-    num = len(table)
-    rank = np.empty(num, dtype=np.int64)
-    rank[np.lexsort((np.arange(num), table.end_time, table.start_time))] = np.arange(num)
-    per_camera = []  # rows of each camera in time order, with their ranks, starts and ends
-    for c in range(len(table.cameras)):
-        rows = np.flatnonzero(table.camera == c)
-        rows = rows[np.argsort(rank[rows])]
-        per_camera.append((rows, rank[rows], table.start_time[rows], table.end_time[rows]))
-    for a, name_a in enumerate(table.cameras):
-        rows_a, rank_a, _, end_a = per_camera[a]
-        if not len(rows_a):
-            continue
-        for b, name_b in enumerate(table.cameras):
-            rows_b, rank_b, start_b, _ = per_camera[b]
-            window = (-np.inf, np.inf) if transitions is None else transitions.window(name_a, name_b)
-            if window is None or not len(rows_b):
+class PairRules:
+    """Which pairs of a table's tracklets are allowed, and their transition costs (module
+    docstring), for the pairs of a time sweep or of given groups."""
+
+    def __init__(self, table, transitions=None, disjoint_views=False):
+        self.table, self.transitions, self.disjoint_views = table, transitions, disjoint_views
+        num = len(table)
+        self.rank = np.empty(num, dtype=np.int64)  # the order that says which of two is the earlier
+        self.rank[np.lexsort((np.arange(num), table.end_time, table.start_time))] = np.arange(num)
+        self.same_camera_gap = np.inf if transitions is None else float(transitions.max_window())
+        self._windows = {}
+
+    def window(self, a, b):
+        """(lo, hi) of the gaps allowed from camera index a to b, or None."""
+        if (a, b) not in self._windows:
+            if a == b or self.transitions is None:
+                self._windows[a, b] = (-np.inf, self.same_camera_gap)
+            else:
+                self._windows[a, b] = self.transitions.window(self.table.cameras[a], self.table.cameras[b])
+        return self._windows[a, b]
+
+    def costs(self, rows, cols):
+        """(M,) float64 transition costs of the pairs (rows[m] earlier than cols[m]), inf where
+        the pair is forbidden."""
+        table = self.table
+        gap = table.start_time[cols] - table.end_time[rows]
+        camera_a, camera_b = table.camera[rows], table.camera[cols]
+        cost = np.zeros(len(rows))
+        cost[(gap <= 0) & ((camera_a == camera_b) | self.disjoint_views)] = np.inf  # overlapping
+        key = camera_a * len(table.cameras) + camera_b
+        order = np.argsort(key, kind='stable')
+        bounds = np.flatnonzero(np.diff(key[order])) + 1
+        for group in np.split(order, bounds) if len(order) else ():
+            a, b = table.camera[rows[group[0]]], table.camera[cols[group[0]]]
+            window = self.window(a, b)
+            if window is None:
+                cost[group] = np.inf
                 continue
-            lo, hi = window
-            first = np.searchsorted(rank_b, rank_a, 'right')  # j later than i
-            if lo > -np.inf:
-                first = np.maximum(first, np.searchsorted(start_b, end_a + lo, 'left'))
-            if a == b or disjoint_views:
-                first = np.maximum(first, np.searchsorted(start_b, end_a, 'right'))  # no overlap
-            stop = np.searchsorted(start_b, end_a + hi, 'right') if hi < np.inf else len(rows_b)
-            counts = np.maximum(stop - first, 0)
-            ends = np.cumsum(counts)
-            # Consecutive runs of tracklets of a whose pairs fill one chunk.
-            cuts = np.searchsorted(ends, np.arange(CHUNK_PAIRS, ends[-1], CHUNK_PAIRS), 'right')
-            bounds = np.unique(np.concatenate([[0], cuts, [len(rows_a)]]))
-            for chunk in map(slice, bounds[:-1], bounds[1:]):
-                n = counts[chunk]
-                total = int(n.sum())
-                if not total:
+            outside = (gap[group] < window[0]) | (gap[group] > window[1])
+            if a != b and self.transitions is not None:
+                cost[group] += np.asarray(self.transitions.cost(table.cameras[a], table.cameras[b], gap[group]),
+                                          dtype=np.float64)
+            cost[group[outside]] = np.inf
+        return cost
+
+    def _allowed(self, rows, cols):
+        cost = self.costs(rows, cols)
+        keep = np.isfinite(cost)
+        return rows[keep], cols[keep], cost[keep]
+
+    def sweep(self):
+        """Yield every allowed pair once, as chunks (rows (M,) the earlier tracklet, cols (M,)
+        the later, cost (M,)) of at most about CHUNK_PAIRS, one camera pair a chunk: for each
+        tracklet of camera a, the run of camera b's tracklets (in time order) that start within
+        window(a, b) of its end, by binary search."""
+        table, rank = self.table, self.rank
+        per_camera = []  # rows of each camera in time order, with their ranks, starts and ends
+        for c in range(len(table.cameras)):
+            rows = np.flatnonzero(table.camera == c)
+            rows = rows[np.argsort(rank[rows])]
+            per_camera.append((rows, rank[rows], table.start_time[rows], table.end_time[rows]))
+        for a in range(len(table.cameras)):
+            rows_a, rank_a, _, end_a = per_camera[a]
+            for b in range(len(table.cameras)) if len(rows_a) else ():
+                rows_b, rank_b, start_b, _ = per_camera[b]
+                window = self.window(a, b)
+                if window is None or not len(rows_b):
                     continue
-                i = np.repeat(rows_a[chunk], n)
-                offset = np.arange(total) - np.repeat(np.cumsum(n) - n, n)
-                j = rows_b[np.repeat(first[chunk], n) + offset]
-                if transitions is None:
-                    yield i, j, np.zeros(total)
-                    continue
-                cost = np.asarray(transitions.cost(name_a, name_b, table.start_time[j] - table.end_time[i]),
-                                  dtype=np.float64)
-                keep = np.isfinite(cost)
-                yield i[keep], j[keep], cost[keep]
+                lo, hi = window
+                first = np.searchsorted(rank_b, rank_a, 'right')  # later than the tracklet of a
+                if lo > -np.inf:
+                    first = np.maximum(first, np.searchsorted(start_b, end_a + lo, 'left'))
+                if a == b or self.disjoint_views:
+                    first = np.maximum(first, np.searchsorted(start_b, end_a, 'right'))  # no overlap
+                stop = np.searchsorted(start_b, end_a + hi, 'right') if hi < np.inf else len(rows_b)
+                for i, position in _runs(rows_a, first, np.maximum(stop - first, 0)):
+                    yield self._allowed(i, rows_b[position])
+
+    def within(self, group):
+        """Yield the allowed pairs among the rows of each group ((N,) group labels) as chunks
+        like sweep's, group by group: sum of the squared group sizes, not the candidates."""
+        order = np.argsort(group, kind='stable')
+        sizes = np.bincount(group)
+        later = np.repeat(np.cumsum(sizes), sizes) - np.arange(len(order)) - 1  # members after each
+        for i, position in _runs(order, np.arange(1, len(order) + 1), later):
+            j = order[position]
+            swap = self.rank[i] > self.rank[j]
+            i[swap], j[swap] = j[swap], i[swap]
+            yield self._allowed(i, j)
 
 
-def _cosine_distances(features):
-    """A function (rows, cols) -> (M,) float64 1 - cos of the pairs, features (N, D) L2-normalised."""
-    x = torch.from_numpy(features)
+def _runs(left, first, counts):
+    """Yield the pairs (left[k], first[k] + t) for t < counts[k], all k, as chunks (lefts (M,),
+    positions (M,)) of whole runs, about CHUNK_PAIRS pairs a chunk (more for one longer run)."""
+    ends = np.cumsum(counts)
+    cuts = np.searchsorted(ends, np.arange(CHUNK_PAIRS, ends[-1] if len(ends) else 0, CHUNK_PAIRS), 'right')
+    bounds = np.unique(np.concatenate([[0], cuts, [len(counts)]]))
+    for chunk in map(slice, bounds[:-1], bounds[1:]):
+        n = counts[chunk]
+        if n.sum():
+            starts = np.cumsum(n) - n
+            yield np.repeat(left[chunk], n), np.repeat(first[chunk] - starts, n) + np.arange(starts[-1] + n[-1])
 
+
+def candidate_pairs(table, transitions=None, disjoint_views=False):
+    """PairRules(table, transitions, disjoint_views).sweep(): every allowed pair once, as
+    chunks (rows, cols, cost), rows the earlier tracklet."""
+    return PairRules(table, transitions, disjoint_views).sweep()
+
+
+def _cosine_distances(features, chunk=1 << 12):
+    """A function (rows, cols) -> (M,) float64 1 - cos of the pairs, features (N, D) float32
+    L2-normalised, `chunk` pairs at a time (8 MiB of gathered rows at 512-d). In numpy: the
+    pairs come in many small chunks (one camera pair at a time), and a small torch op costs
+    milliseconds of thread hand-off on a busy 2-core machine (cluster._cosine_distance_pairs:
+    10 ms for 60 pairs there, numpy 0.07 ms)."""
     def distances(rows, cols):
-        return cluster._cosine_distance_pairs(x, torch.from_numpy(rows), torch.from_numpy(cols)).double().numpy() / 2
+        out = np.empty(len(rows))
+        for s in range(0, len(rows), chunk):
+            out[s:s + chunk] = 1 - np.einsum('ij,ij->i', features[rows[s:s + chunk]], features[cols[s:s + chunk]])
+        return out
     return distances
 
 
@@ -243,36 +313,41 @@ def link_tracklets(table, threshold, transitions=None, prior_weight=1.0, disjoin
     report = {} if report is None else report
     tic = time.perf_counter()
 
-    def pairs():
-        return candidate_pairs(table, transitions, disjoint_views)
+    rules = PairRules(table, transitions, disjoint_views)
     if distance == 'jaccard' and num:
         k1 = min(k1, num)
-        appearance = _jaccard_distances(table, pairs, k1, min(k2, k1))
+        appearance = _jaccard_distances(table, rules.sweep, k1, min(k2, k1))
     else:
         appearance = _cosine_distances(table.features)
     report['jaccard_seconds'] = time.perf_counter() - tic if distance == 'jaccard' else 0.0
 
-    def scored(keep):
-        """Concatenated (rows, cols, d) of the allowed pairs with keep(rows, cols, d)."""
-        parts = [(np.empty(0, np.int64),) * 2 + (np.empty(0),)]
-        for i, j, cost in pairs():
-            d = appearance(i, j) + prior_weight * cost
-            kept = keep(i, j, d)
-            parts.append((i[kept], j[kept], d[kept]))
-            report['candidate_pairs'] = report.get('candidate_pairs', 0) + len(i)
-        return (np.concatenate(part) for part in zip(*parts))
-
     tic = time.perf_counter()
     report['candidate_pairs'] = 0
-    rows, cols, _ = scored(lambda i, j, d: d < threshold)
+    below = [(np.empty(0, np.int64),) * 2]
+    for i, j, cost in rules.sweep():
+        report['candidate_pairs'] += len(i)
+        prior = prior_weight * cost
+        maybe = prior < threshold  # the appearance distance is >= 0
+        i, j = i[maybe], j[maybe]
+        near = appearance(i, j) + prior[maybe] < threshold
+        below.append((i[near], j[near]))
+    rows, cols = (np.concatenate(part) for part in zip(*below))
     graph = sparse.coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(num, num))
     _, component = connected_components(graph, directed=False)
     report['pairs_below_threshold'] = len(rows)
     report['components_seconds'] = time.perf_counter() - tic
 
     tic = time.perf_counter()
-    report['candidate_pairs'] = 0
-    rows, cols, d = scored(lambda i, j, d: component[i] == component[j])
+    # The pairs inside components: enumerated group by group, unless the components are so large
+    # (a threshold above most distances) that sweeping the candidates again is cheaper.
+    sizes = np.bincount(component)
+    if (sizes * (sizes - 1) // 2).sum() <= report['candidate_pairs']:
+        chunks = rules.within(component)
+    else:
+        chunks = ((i[same], j[same], cost[same]) for i, j, cost in rules.sweep()
+                  for same in [component[i] == component[j]])
+    inside = [(i, j, appearance(i, j) + prior_weight * cost) for i, j, cost in chunks]
+    rows, cols, d = (np.concatenate(part) for part in zip((np.empty(0, np.int64),) * 2 + (np.empty(0),), *inside))
     report['pairs_clustered'] = len(rows)
     report['pairs_seconds'] = time.perf_counter() - tic
 

@@ -47,7 +47,7 @@ class Camera:
     scale: float
 
 
-def _colour(rng, saturation=(0.5, 1.0), value=(0.35, 1.0)):
+def random_colour(rng, saturation=(0.5, 1.0), value=(0.35, 1.0)):
     hue = rng.uniform(0, 6)
     s, v = rng.uniform(*saturation), rng.uniform(*value)
     c = v * s
@@ -58,11 +58,11 @@ def _colour(rng, saturation=(0.5, 1.0), value=(0.35, 1.0)):
 
 def random_person(rng):
     return Person(
-        shirt=_colour(rng), shirt2=_colour(rng), pattern=int(rng.integers(4)),
-        trousers=_colour(rng, saturation=(0.2, 0.9), value=(0.15, 0.8)),
-        hair=_colour(rng, saturation=(0.2, 0.7), value=(0.05, 0.5)),
+        shirt=random_colour(rng), shirt2=random_colour(rng), pattern=int(rng.integers(4)),
+        trousers=random_colour(rng, saturation=(0.2, 0.9), value=(0.15, 0.8)),
+        hair=random_colour(rng, saturation=(0.2, 0.7), value=(0.05, 0.5)),
         skin=np.array([0.9, 0.7, 0.55]) * rng.uniform(0.5, 1.0),
-        bag=_colour(rng) if rng.random() < 0.5 else None,
+        bag=random_colour(rng) if rng.random() < 0.5 else None,
         height=rng.uniform(0.78, 0.92), girth=rng.uniform(0.32, 0.45))
 
 
@@ -79,10 +79,10 @@ def random_camera(rng, domain_shift=0.0):
         y0 = int(rng.integers(0, IMG_HEIGHT - 20))
         x0 = int(rng.integers(0, IMG_WIDTH - 10))
         clutter.append((y0, y0 + int(rng.integers(10, 50)), x0, x0 + int(rng.integers(6, 30)),
-                        _colour(rng, saturation=(0, 0.4), value=(0.2, 0.8))))
+                        random_colour(rng, saturation=(0, 0.4), value=(0.2, 0.8))))
     camera = Camera(cast=rng.uniform(0.8, 1.2, size=3), light=rng.uniform(0.7, 1.15),
-                    background=(_colour(rng, background_saturation, (0.3, 0.9)),
-                                _colour(rng, background_saturation, (0.2, 0.7))),
+                    background=(random_colour(rng, background_saturation, (0.3, 0.9)),
+                                random_colour(rng, background_saturation, (0.2, 0.7))),
                     clutter=clutter, scale=rng.uniform(0.85, 1.0))
     camera.cast = camera.cast * (1 + domain_shift * np.array([-0.4, 0.0, 0.4]))
     camera.light *= 1 - 0.4 * domain_shift

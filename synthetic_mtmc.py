@@ -5,7 +5,7 @@ single-camera tracker's output) and a re-ID training set of other people seen by
     python synthetic_mtmc.py --out data/mtmc_async --unsynchronised --cameras 5 --people 16 --seconds 90
 
 A scene is a few cameras on a camera graph. Each camera has its own backdrop (gradient, clutter),
-colour cast and light, and a perspective: a person's box is 64-128 px tall as they walk from the
+colour cast and light, and a perspective: a person's box is about 45-150 px tall as they walk from the
 far end of the floor to the near one. People (synthetic_data.py's renderer: shirt, pattern,
 trousers, hair, bag, build) walk across a camera from one side to the other and on to a
 neighbouring camera, along a random route, arriving after a transit time drawn from that camera
@@ -45,6 +45,7 @@ this appearance space. The same seed gives the same files.
 """
 import argparse
 import configparser
+import contextlib
 import json
 import math
 import os
@@ -54,11 +55,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from synthetic_data import Camera, Person, expose, paint_background, paint_person, random_camera, random_person
+from synthetic_data import (IMG_HEIGHT, Camera, Person, expose, paint_background, paint_person, random_camera,
+                            random_colour, random_person)
 
 FRAME_WIDTH, FRAME_HEIGHT = 320, 240
 JPEG_QUALITY = 75
 NOISE, NOISE_FIELDS = 0.02, 8  # sensor noise of scene frames: std, and how many fields a camera cycles through
+AVERAGE_HEIGHT = 0.85       # synthetic_data.Person.height of an average person (0.78-0.92)
 BOX_HALF_WIDTH = 0.8        # a box spans this many torso widths either side of the body axis (bag included)
 SPEED = (0.3, 0.5)          # walking speed, person heights per second (strolling, oblique paths): a
                             # stay lasts 4 s or more, longer than any overlap, so stays begin in route order
@@ -132,11 +135,11 @@ def make_camera(index, seed):
     for _ in range(int(rng.integers(3, 9))):
         y0, x0 = int(rng.integers(0, FRAME_HEIGHT - 40)), int(rng.integers(0, FRAME_WIDTH - 20))
         clutter.append((y0, y0 + int(rng.integers(20, 90)), x0, x0 + int(rng.integers(12, 70)),
-                        random_camera(rng).background[0]))
+                        random_colour(rng, saturation=(0, 0.4), value=(0.2, 0.8))))
     rows = np.mgrid[0:FRAME_HEIGHT, 0:FRAME_WIDTH][0].astype(np.float32)
     # paint_background spreads its gradient over synthetic_data's crop height: scale the rows to it.
-    backdrop = paint_background(replace(look, clutter=clutter), rows * (128 / FRAME_HEIGHT))
-    near = rng.uniform(105, 128) * look.scale / 0.925
+    backdrop = paint_background(replace(look, clutter=clutter), rows * (IMG_HEIGHT / FRAME_HEIGHT))
+    near = rng.uniform(105, 128) * look.scale / 0.925  # look.scale: 0.85-1, some cameras see people smaller
     return SceneCamera(name=camera_name(index), look=look, backdrop=backdrop,
                        far_row=rng.uniform(0.42, 0.5) * FRAME_HEIGHT, far_height=rng.uniform(0.5, 0.6) * near,
                        near_height=near)
@@ -145,7 +148,7 @@ def make_camera(index, seed):
 def height_at(camera, person, foot_y):
     """Height in pixels of a person with feet at row foot_y (perspective, then the person's build)."""
     along = (foot_y - camera.far_row) / (FRAME_HEIGHT - 1 - camera.far_row)
-    return (camera.far_height + (camera.near_height - camera.far_height) * along) * person.height / 0.85
+    return (camera.far_height + (camera.near_height - camera.far_height) * along) * person.height / AVERAGE_HEIGHT
 
 
 def noise_fields(rng):
@@ -251,7 +254,7 @@ class _Schedule:
 
     def frame_at(self, camera, time):
         """The first frame of a camera at or after a scene-clock time."""
-        return math.ceil((time - self.cameras[camera].offset) * self.fps - 1e-6) + 1
+        return math.ceil((time - self.cameras[camera].offset) * self.fps - 1e-9) + 1
 
     def time_of(self, camera, frame):
         return self.cameras[camera].offset + (frame - 1) / self.fps
@@ -302,6 +305,25 @@ class _Schedule:
             previous, stay = here, following
 
 
+@contextlib.contextmanager
+def _whole_folder(out_dir, flag):
+    """Yield a folder beside out_dir to write into; it becomes out_dir when the block ends, or is
+    removed when the block fails, so out_dir is written whole or not at all. out_dir must not
+    exist, or be empty (flag names it in the error)."""
+    if os.path.exists(out_dir) and os.listdir(out_dir):
+        raise FileExistsError(f'{out_dir} exists and is not empty: remove it or choose another {flag}')
+    partial = os.path.normpath(out_dir) + '.partial'
+    shutil.rmtree(partial, ignore_errors=True)  # left by a killed run
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if os.path.exists(out_dir):
+        os.rmdir(out_dir)
+    os.replace(partial, out_dir)
+
+
 def _write_text(path, text):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'w') as f:
@@ -313,9 +335,8 @@ def _write_jpeg(path, array):
     Image.fromarray(array).save(path, quality=JPEG_QUALITY)
 
 
-def _box_rows(schedule, camera):
-    """{stay index: (frames (n,), boxes (n, 4) int, visibility (n,))} and the frames rendered, for
-    every stay in one camera (only its frames where at least half the box is inside)."""
+def _figures_by_frame(schedule, camera):
+    """{frame: [(stay index, Figure)]} of the stays in one camera."""
     cam, by_frame = schedule.cameras[camera], {}
     for index, stay in enumerate(schedule.stays):
         if stay.camera != camera:
@@ -384,6 +405,46 @@ def _crossing_frame(a, b):
     return first + int(np.argmin(np.abs(xa - xb)))
 
 
+def _cast(num_people, num_lookalike_pairs, rng):
+    """(people, look-alike pairs of person indices): random people, num_lookalike_pairs of them near
+    copies of another, in random order."""
+    people = [random_person(rng) for _ in range(num_people)]
+    for pair in range(num_lookalike_pairs):  # people 2k and 2k+1 look alike before the shuffle
+        people[2 * pair + 1] = lookalike(people[2 * pair], rng)
+    order = rng.permutation(num_people)  # order[i]: the person drawn as number order[i] plays person i
+    position = {int(p): i for i, p in enumerate(order)}
+    pairs = sorted(tuple(sorted((position[2 * k], position[2 * k + 1]))) for k in range(num_lookalike_pairs))
+    return [people[i] for i in order], pairs
+
+
+def _cross(schedule, crossers, rng):
+    """Start each crosser's route by walking against a random earlier stay (other ends first, the
+    same speed, rows within 10 px), from about when that stay starts (+-1 s); return the crossings
+    [{'camera', 'frame' (where the two are closest), 'stays': (the other's, the crosser's),
+    'swapped'}]: the tracker swaps ids at the first crossing and at about half of the others."""
+    fps, crossings = schedule.fps, []
+    candidates = [s for s in schedule.stays if s.last_frame - s.first_frame >= 4 * fps]
+    chosen = rng.choice(len(candidates), size=min(len(crossers), len(candidates)), replace=False)
+    for person, index in zip(crossers, chosen):
+        other = candidates[int(index)]
+        cam = schedule.cameras[other.camera]
+        start, end = other.foot[-1].copy(), other.foot[0].copy()
+        start[1], end[1] = np.clip(np.array([start[1], end[1]]) + rng.uniform(-10, 10), cam.far_row,
+                                     FRAME_HEIGHT - 1)
+        pixels_per_second = np.linalg.norm(other.foot[-1] - other.foot[0]) / len(other.foot) * fps
+        speed = pixels_per_second / height_at(cam, schedule.people[person], (start[1] + end[1]) / 2)
+        begin = max(1, other.first_frame + int(rng.integers(-int(fps), int(fps) + 1)))
+        stay = schedule.walk(person, other.camera, begin, start, end, speed)
+        frame = _crossing_frame(other, stay) if stay is not None else None
+        if frame is None:
+            continue
+        crossings.append({'camera': other.camera, 'frame': frame,
+                          'stays': (schedule.stays.index(other), len(schedule.stays) - 1),
+                          'swapped': not crossings or bool(rng.random() < 0.5)})
+        schedule.route(person, stay, int(rng.integers(1, 4)))
+    return crossings
+
+
 def make_scene(out_dir, num_cameras=4, num_people=12, seconds=40.0, fps=8.0, seed=0, unsynchronised=False,
                num_lookalike_pairs=None, num_crossings=None, single_camera_fraction=0.2):
     """Write a multi-camera scene to out_dir (the layout of this module's docstring); return the
@@ -401,11 +462,9 @@ def make_scene(out_dir, num_cameras=4, num_people=12, seconds=40.0, fps=8.0, see
     later (frames count from each camera's start), written to cam_timestamp.txt. The directory is
     written whole or not at all; it must not exist, or be empty.
     """
-    if num_cameras < 2 or num_people < 2 or seconds <= 0 or fps <= 0:
-        raise ValueError(f'make_scene needs at least 2 cameras and 2 people, and positive seconds and fps '
+    if num_cameras < 2 or num_people < 2 or seconds <= 0 or fps < 1:
+        raise ValueError(f'make_scene needs at least 2 cameras and 2 people, positive seconds and 1 fps or more '
                          f'(got {num_cameras} cameras, {num_people} people, {seconds} s, {fps} fps)')
-    if os.path.exists(out_dir) and os.listdir(out_dir):
-        raise FileExistsError(f'{out_dir} exists and is not empty: remove it or choose another --out')
     rng = np.random.default_rng([seed, 0])
     cameras = [make_camera(i, seed) for i in range(num_cameras)]
     if unsynchronised:
@@ -418,16 +477,7 @@ def make_scene(out_dir, num_cameras=4, num_people=12, seconds=40.0, fps=8.0, see
     if 2 * num_lookalikes + num_crossers > num_people:
         raise ValueError(f'{num_people} people cannot hold {num_lookalikes} look-alike pairs and '
                          f'{num_crossers} crossings: use more people or fewer of those')
-    people = [random_person(rng) for _ in range(num_people)]
-    lookalike_pairs = []
-    for pair in range(num_lookalikes):  # people 2k and 2k+1 look alike; the order is shuffled below
-        people[2 * pair + 1] = lookalike(people[2 * pair], rng)
-        lookalike_pairs.append((2 * pair, 2 * pair + 1))
-    order = rng.permutation(num_people)  # order[i]: the person index behind role i
-    people = [people[i] for i in order]
-    position = {int(p): i for i, p in enumerate(order)}
-    lookalike_pairs = sorted(tuple(sorted((position[a], position[b]))) for a, b in lookalike_pairs)
-
+    people, lookalike_pairs = _cast(num_people, num_lookalikes, rng)
     schedule = _Schedule(cameras, people, graph, fps, seconds, rng)
     walkers = num_people - num_crossers
     num_single = round(single_camera_fraction * walkers)
@@ -438,31 +488,7 @@ def make_scene(out_dir, num_cameras=4, num_people=12, seconds=40.0, fps=8.0, see
         stay = schedule.walk(person, camera, schedule.frame_at(camera, start))
         if stay is not None:
             schedule.route(person, stay, 1 if person < num_single else int(rng.integers(2, 5)))
-
-    # Crossers: each starts by walking against one walker's stay, on nearly the same rows.
-    crossings = []
-    candidates = [s for s in schedule.stays if s.last_frame - s.first_frame >= 4 * fps]
-    chosen = rng.choice(len(candidates), size=min(num_crossers, len(candidates)), replace=False)
-    for number, (person, index) in enumerate(zip(range(walkers, num_people), chosen)):
-        other = candidates[int(index)]
-        shift = np.array([0.0, rng.uniform(-10, 10)])
-        start, end = other.foot[-1] + shift, other.foot[0] + shift
-        start[1], end[1] = np.clip([start[1], end[1]], cameras[other.camera].far_row, FRAME_HEIGHT - 1)
-        begin = other.first_frame + int(rng.integers(-int(fps), int(fps) + 1))
-        speed = np.linalg.norm(other.foot[-1] - other.foot[0]) / len(other.foot) * fps / \
-            height_at(cameras[other.camera], people[person], (start[1] + end[1]) / 2)
-        stay = schedule.walk(person, other.camera, max(1, begin), start, end, speed)
-        frame = _crossing_frame(other, stay) if stay is not None else None
-        if frame is None:
-            continue
-        crossings.append({'camera': other.camera, 'frame': frame, 'stays': (schedule.stays.index(other),
-                          len(schedule.stays) - 1), 'swapped': number == 0 or bool(rng.random() < 0.5)})
-        schedule.route(person, stay, int(rng.integers(1, 4)))
-
-    partial = os.path.normpath(out_dir) + '.partial'
-    shutil.rmtree(partial, ignore_errors=True)
-    for camera, cam in enumerate(cameras):
-        _write_camera(partial, schedule, camera, crossings, seed)
+    crossings = _cross(schedule, range(walkers, num_people), rng)
 
     scene = {'seed': seed, 'fps': fps, 'seconds': seconds, 'frame_size': [FRAME_WIDTH, FRAME_HEIGHT],
              'cameras': {c.name: {'offset': c.offset, 'frames': n} for c, n in zip(cameras, schedule.num_frames)},
@@ -477,17 +503,17 @@ def make_scene(out_dir, num_cameras=4, num_people=12, seconds=40.0, fps=8.0, see
             {'camera': cameras[s.camera].name, 'first_frame': s.first_frame, 'last_frame': s.last_frame,
              'enter_time': round(schedule.time_of(s.camera, s.first_frame), 6),
              'exit_time': round(schedule.time_of(s.camera, s.last_frame), 6)} for s in stays]})
-    _write_text(os.path.join(partial, 'scene.json'), json.dumps(scene, indent=1) + '\n')
     pairs = [{'from': cameras[a].name, 'to': cameras[b].name, 'min': lo, 'max': hi, 'overlap': kind == 'overlap',
               'kind': kind} for (a, b), (lo, hi, kind) in sorted(graph.items())]
-    _write_text(os.path.join(partial, 'transitions_true.json'),
-                json.dumps({'cameras': [c.name for c in cameras], 'pairs': pairs}, indent=1) + '\n')
-    if unsynchronised:
-        _write_text(os.path.join(partial, 'cam_timestamp.txt'),
-                    ''.join(f'{c.name} {c.offset:.3f}\n' for c in cameras))
-    if os.path.exists(out_dir):
-        os.rmdir(out_dir)
-    os.replace(partial, out_dir)
+    with _whole_folder(out_dir, '--out') as partial:
+        for camera in range(num_cameras):
+            _write_camera(partial, schedule, camera, crossings, seed)
+        _write_text(os.path.join(partial, 'scene.json'), json.dumps(scene, indent=1) + '\n')
+        _write_text(os.path.join(partial, 'transitions_true.json'),
+                    json.dumps({'cameras': [c.name for c in cameras], 'pairs': pairs}, indent=1) + '\n')
+        if unsynchronised:
+            _write_text(os.path.join(partial, 'cam_timestamp.txt'),
+                        ''.join(f'{c.name} {c.offset:.3f}\n' for c in cameras))
     return scene
 
 
@@ -496,7 +522,7 @@ def _write_camera(scene_dir, schedule, camera, crossings, seed):
     cam, fps = schedule.cameras[camera], schedule.fps
     render_rng = np.random.default_rng([seed, 3, camera])
     noise = noise_fields(render_rng)
-    by_frame = _box_rows(schedule, camera)
+    by_frame = _figures_by_frame(schedule, camera)
     folder = os.path.join(scene_dir, cam.name)
     rows = {}  # stay -> [(frame, box, visibility)]
     gt_lines = []
@@ -547,29 +573,23 @@ def make_train_set(out_dir, num_ids=100, num_test_ids=50, num_cameras=4, images_
     if num_ids < 1 or num_test_ids < 0 or num_cameras < 2 or images_per_camera < 2:
         raise ValueError(f'make_train_set needs at least 1 train id, 2 cameras and 2 images per camera '
                          f'(got {num_ids} ids, {num_cameras} cameras, {images_per_camera} images per camera)')
-    if os.path.exists(out_dir) and os.listdir(out_dir):
-        raise FileExistsError(f'{out_dir} exists and is not empty: remove it or choose another --train-set')
     rng = np.random.default_rng([seed, 5])
     cameras = [make_camera(i, seed) for i in range(num_cameras)]
     noise = [noise_fields(rng) for _ in cameras]
-    partial = os.path.normpath(out_dir) + '.partial'
-    shutil.rmtree(partial, ignore_errors=True)
     counts = {'train': 0, 'query': 0, 'gallery': 0}
     person = None
-    for number in range(num_ids + num_test_ids):
-        person = lookalike(person, rng) if person is not None and rng.random() < lookalike_fraction \
-            else random_person(rng)
-        seen = rng.choice(num_cameras, size=int(rng.integers(2, num_cameras + 1)), replace=False)
-        for camera in sorted(int(c) for c in seen):
-            for shot in range(images_per_camera):
-                split = 'train' if number < num_ids else 'query' if shot == 0 else 'gallery'
-                crop = _crop(cameras[camera], noise[camera], person, rng, rng.random() < occluded_fraction)
-                _write_jpeg(os.path.join(partial, split, f'{number + 1:04d}',
-                                         f'{cameras[camera].name}_{counts[split]:04d}.jpg'), crop)
-                counts[split] += 1
-    if os.path.exists(out_dir):
-        os.rmdir(out_dir)
-    os.replace(partial, out_dir)
+    with _whole_folder(out_dir, '--train-set') as partial:
+        for number in range(num_ids + num_test_ids):
+            person = lookalike(person, rng) if person is not None and rng.random() < lookalike_fraction \
+                else random_person(rng)
+            seen = rng.choice(num_cameras, size=int(rng.integers(2, num_cameras + 1)), replace=False)
+            for camera in sorted(int(c) for c in seen):
+                for shot in range(images_per_camera):
+                    split = 'train' if number < num_ids else 'query' if shot == 0 else 'gallery'
+                    crop = _crop(cameras[camera], noise[camera], person, rng, rng.random() < occluded_fraction)
+                    _write_jpeg(os.path.join(partial, split, f'{number + 1:04d}',
+                                             f'{cameras[camera].name}_{counts[split]:04d}.jpg'), crop)
+                    counts[split] += 1
     return counts
 
 
@@ -592,17 +612,19 @@ def _crop(camera, noise, person, rng, occluded):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     epilog='Writes SCENE/<camera>/{img1/,seqinfo.ini,gt/gt.txt,tracks.txt}, '
-                                            'SCENE/transitions_true.json, SCENE/scene.json and, unsynchronised, '
-                                            'SCENE/cam_timestamp.txt; the module docstring describes every file.')
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', required=True, metavar='SCENE',
                         help='folder of the scene to write; must not exist, or be empty')
-    parser.add_argument('--cameras', type=int, default=4, help='number of cameras, c001 ... (default: %(default)s)')
-    parser.add_argument('--people', type=int, default=12, help='number of people (default: %(default)s)')
-    parser.add_argument('--seconds', type=float, default=40.0, help='length of the scene (default: %(default)s)')
-    parser.add_argument('--fps', type=float, default=8.0, help='frames per second (default: %(default)s)')
-    parser.add_argument('--seed', type=int, default=0,
+    parser.add_argument('--cameras', type=int, default=4, metavar='N',
+                        help='number of cameras, c001 ..., 2 or more (default: %(default)s)')
+    parser.add_argument('--people', type=int, default=12, metavar='N',
+                        help='number of people, 3 or more: a look-alike pair per 6 and a crossing per 5, at least one '
+                             'of each (default: %(default)s)')
+    parser.add_argument('--seconds', type=float, default=40.0, metavar='S',
+                        help='length of the scene in seconds (default: %(default)s)')
+    parser.add_argument('--fps', type=float, default=8.0, metavar='F',
+                        help='frames per second, 1 or more (default: %(default)s)')
+    parser.add_argument('--seed', type=int, default=0, metavar='N',
                         help='the same seed gives the same files; the train set of a seed uses its scene\'s '
                              'cameras (default: %(default)s)')
     parser.add_argument('--unsynchronised', action='store_true',
@@ -611,15 +633,19 @@ def main():
     parser.add_argument('--train-set', metavar='DIR',
                         help='also write an image_folder re-ID dataset of other people under the same cameras '
                              '(train with -d image_folder --root DIR)')
-    parser.add_argument('--train-ids', type=int, default=100,
+    parser.add_argument('--train-ids', type=int, default=100, metavar='N',
                         help='train identities of --train-set (default: %(default)s)')
-    parser.add_argument('--test-ids', type=int, default=50,
+    parser.add_argument('--test-ids', type=int, default=50, metavar='N',
                         help='query/gallery identities of --train-set (default: %(default)s)')
     args = parser.parse_args()
-    if args.cameras < 2 or args.people < 2:
-        parser.error(f'--cameras {args.cameras} --people {args.people}: at least 2 of each')
-    if args.seconds <= 0 or args.fps <= 0:
-        parser.error(f'--seconds {args.seconds} --fps {args.fps}: both must be positive')
+    if args.cameras < 2 or args.people < 3:
+        parser.error(f'--cameras {args.cameras} --people {args.people}: at least 2 cameras and 3 people')
+    if args.seconds <= 0 or args.fps < 1:
+        parser.error(f'--seconds {args.seconds} --fps {args.fps}: the length must be positive, the frame rate '
+                     f'1 or more')
+    if args.train_ids < 1 or args.test_ids < 0:
+        parser.error(f'--train-ids {args.train_ids} --test-ids {args.test_ids}: at least 1 train id, and no '
+                     f'negative count')
     for flag, path in (('--out', args.out), ('--train-set', args.train_set)):
         if path and os.path.exists(path) and os.listdir(path):
             parser.error(f'{flag} {path}: exists and is not empty; remove it or choose another folder')

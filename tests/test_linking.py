@@ -9,6 +9,7 @@ import torch
 
 import cluster
 import linking
+from camera_transitions import TransitionModel
 from tracklet_table import TrackletTable
 
 
@@ -20,12 +21,14 @@ class FakeTransitions:
         self.windows, self.slope = windows, slope
 
     def window(self, a, b):
+        assert a != b, 'camera_transitions.TransitionModel refuses same-camera pairs'
         return self.windows.get((a, b))
 
     def max_window(self):
         return max(hi for _, hi in self.windows.values())
 
     def cost(self, a, b, gap):
+        assert a != b, 'camera_transitions.TransitionModel refuses same-camera pairs'
         gap = np.asarray(gap, dtype=float)
         if (a, b) not in self.windows:
             return np.full(gap.shape, np.inf)
@@ -47,6 +50,30 @@ def make_table(camera, start, end, features, cameras=None, gt_id=None, fps=10.0)
                          np.round(end * fps) + 1, start, end, np.full(num, 5), features.astype(np.float32), gt_id)
 
 
+def reference_pairs(table, transitions=None, disjoint_views=False):
+    """The rules, literally, pair by pair: {(i, j), i < j: transition cost} of the allowed pairs."""
+    allowed = {}
+    for i, j in itertools.combinations(range(len(table)), 2):
+        a, b = sorted((i, j), key=lambda r: (table.start_time[r], table.end_time[r], r))
+        ca, cb = table.cameras[table.camera[a]], table.cameras[table.camera[b]]
+        gap = table.start_time[b] - table.end_time[a]
+        if gap <= 0 and (ca == cb or disjoint_views):
+            continue
+        cost = 0.0
+        if transitions is not None and ca == cb:
+            if gap > transitions.max_window():
+                continue
+        elif transitions is not None:
+            window = transitions.window(ca, cb)
+            if window is None or not window[0] <= gap <= window[1]:
+                continue
+            cost = float(transitions.cost(ca, cb, np.array([gap]))[0])
+            if not np.isfinite(cost):
+                continue
+        allowed[i, j] = cost
+    return allowed
+
+
 def reference_link(table, threshold, transitions=None, prior_weight=1.0, disjoint_views=False, appearance=None):
     """The definition, literally: a dense matrix of pair distances (inf: forbidden), then merge
     the clusters of smallest mean distance over all member pairs while below the threshold.
@@ -56,19 +83,8 @@ def reference_link(table, threshold, transitions=None, prior_weight=1.0, disjoin
         f = table.features.astype(np.float64)
         appearance = 1 - f @ f.T
     d = np.full((num, num), np.inf)
-    for i, j in itertools.permutations(range(num), 2):
-        a, b = sorted((i, j), key=lambda r: (table.start_time[r], table.end_time[r], r))
-        ca, cb = table.cameras[table.camera[a]], table.cameras[table.camera[b]]
-        gap = table.start_time[b] - table.end_time[a]
-        if gap <= 0 and (ca == cb or disjoint_views):
-            continue
-        cost = 0.0
-        if transitions is not None:
-            window = transitions.window(ca, cb)
-            if window is None or not window[0] <= gap <= window[1]:
-                continue
-            cost = float(transitions.cost(ca, cb, np.array([gap]))[0])
-        d[i, j] = appearance[i, j] + prior_weight * cost
+    for (i, j), cost in reference_pairs(table, transitions, disjoint_views).items():
+        d[i, j] = d[j, i] = appearance[i, j] + prior_weight * cost
     clusters = [[i] for i in range(num)]
     while len(clusters) > 1:
         best, pair = np.inf, None
@@ -115,9 +131,8 @@ def relabelled(table, seed):
     return moved, order, names
 
 
-WINDOWS = {('c000', 'c001'): (-2.0, 30.0), ('c001', 'c002'): (0.0, 25.0), ('c000', 'c002'): (5.0, 50.0),
-           ('c001', 'c000'): (-2.0, 30.0), ('c000', 'c000'): (0.0, 40.0), ('c001', 'c001'): (0.0, 40.0),
-           ('c002', 'c002'): (0.0, 40.0)}
+WINDOWS = {('c000', 'c001'): (-2.0, 30.0), ('c001', 'c002'): (0.0, 25.0), ('c000', 'c002'): (5.0, 40.0),
+           ('c001', 'c000'): (-2.0, 30.0)}
 
 
 @pytest.mark.parametrize('seed', range(6))
@@ -134,6 +149,47 @@ def test_matches_brute_force_reference_under_reordering(seed, gated):
         moved_transitions = transitions.renamed(names) if gated else None
         labels = linking.link_tracklets(moved, threshold, moved_transitions, prior_weight=1.5)
         assert partition(labels, order) == expected
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_sweep_and_groups_give_exactly_the_allowed_pairs(seed):
+    """The binary-search sweep and the enumeration of groups both yield each allowed pair once,
+    with the costs of the literal rules (reference_link's matrix, features all equal)."""
+    table = random_case(20 + seed, num=30)
+    table.features[:] = table.features[0]
+    transitions = FakeTransitions(WINDOWS, slope=0.01)
+    for disjoint_views in (False, True):
+        expected = reference_pairs(table, transitions, disjoint_views)
+        rules = linking.PairRules(table, transitions, disjoint_views)
+        for chunks in (rules.sweep(), rules.within(np.zeros(30, dtype=np.int64))):
+            found = {}
+            for i, j, cost in chunks:
+                for key, value in zip(zip(np.minimum(i, j).tolist(), np.maximum(i, j).tolist()), cost.tolist()):
+                    assert key not in found
+                    found[key] = value
+            assert found.keys() == expected.keys()
+            assert np.allclose([found[k] for k in sorted(found)], [expected[k] for k in sorted(found)])
+        groups = np.arange(30) % 4  # only pairs inside a group
+        within = {(min(a, b), max(a, b)) for i, j, _ in rules.within(groups) for a, b in zip(i.tolist(), j.tolist())}
+        assert within == {k for k in expected if groups[k[0]] == groups[k[1]]}
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_large_components_match_reference(seed):
+    """A threshold above most distances: one large component, whose pairs come from the sweep."""
+    table = random_case(30 + seed, num=18)
+    transitions = FakeTransitions(WINDOWS)
+    assert partition(linking.link_tracklets(table, 1.8, transitions)) == reference_link(table, 1.8, transitions)
+
+
+def test_with_a_transition_model_from_a_topology_file(tmp_path):
+    (tmp_path / 'topology.txt').write_text('c000 c001 10 20\n')
+    model = TransitionModel.from_topology(tmp_path / 'topology.txt')
+    table = make_table([0, 1, 0, 1, 0], [0.0, 25.0, 12.0, 100.0, 130.0], [10.0, 27.0, 14.0, 110.0, 140.0],
+                       np.ones((5, 4)))
+    expected = reference_link(table, 0.5, model)
+    assert partition(linking.link_tracklets(table, 0.5, model)) == expected
+    assert expected == {frozenset({0, 1, 2}), frozenset({3}), frozenset({4})}
 
 
 @pytest.mark.parametrize('seed', range(4))
@@ -186,7 +242,7 @@ def test_disjoint_views_forbids_simultaneous_cameras():
 
 
 def test_time_gates_and_prior():
-    windows = {('c000', 'c001'): (10.0, 20.0), ('c000', 'c000'): (0.0, 100.0)}
+    windows = {('c000', 'c001'): (10.0, 20.0)}
     same = np.ones((2, 4))
     inside = make_table([0, 1], [90.0, 115.0], [100.0, 120.0], same)   # gap 15: in the window
     outside = make_table([0, 1], [90.0, 130.0], [100.0, 140.0], same)  # gap 30
@@ -196,6 +252,9 @@ def test_time_gates_and_prior():
     assert len(np.unique(linking.link_tracklets(outside, 0.5, gates))) == 2
     assert len(np.unique(linking.link_tracklets(backwards, 0.5, gates))) == 2
     assert len(np.unique(linking.link_tracklets(outside, 0.5))) == 1  # no gates without a model
+    # one camera: any gap up to max_window() (20 s), at cost 0
+    returns = make_table([0, 0, 0], [0.0, 30.0, 70.0], [10.0, 50.0, 80.0], np.ones((3, 4)))
+    assert partition(linking.link_tracklets(returns, 0.5, gates)) == {frozenset({0, 1}), frozenset({2})}
     # cost 0.1 * |15 - 15| = 0 at the middle; at gap 11: 0.4, over the threshold 0.3 with weight 1
     sloped = FakeTransitions(windows, slope=0.1)
     off_middle = make_table([0, 1], [90.0, 111.0], [100.0, 120.0], same)
@@ -223,7 +282,7 @@ def test_perfect_features_give_the_true_partition():
     start = np.array(start)
     features = np.eye(60)[identity]
     table = make_table(camera, start, start + 10, features, gt_id=identity)
-    windows = {(f'c{a:03d}', f'c{b:03d}'): (0.0, 200.0) for a in range(5) for b in range(5)}
+    windows = {(f'c{a:03d}', f'c{b:03d}'): (0.0, 200.0) for a in range(5) for b in range(5) if a != b}
     for transitions in (None, FakeTransitions(windows)):
         labels = linking.link_tracklets(table, 0.5, transitions, disjoint_views=True)
         assert partition(labels) == partition(np.array(identity))

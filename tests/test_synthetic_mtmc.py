@@ -100,7 +100,7 @@ def test_layout_is_complete_and_parses(scene):
             assert np.all(rows[:, 3] + rows[:, 5] <= FRAME_HEIGHT + 1e-6)
             assert len({(f, i) for f, i in rows[:, :2]}) == len(rows)  # one box per id and frame
         assert np.all(gt[:, 2:6] == np.round(gt[:, 2:6])) and np.all(gt[:, 6:8] == 1)
-        assert np.all((gt[:, 8] > 0) & (gt[:, 8] <= 1))
+        assert np.all((gt[:, 8] >= 0) & (gt[:, 8] <= 1))
         assert np.all((tracks[:, 6] > 0) & (tracks[:, 6] < 1)) and np.all(tracks[:, 7:] == -1)
     ids = {p['id'] for p in info['people']}
     assert ids == set(range(1, 11))
@@ -221,3 +221,15 @@ def test_command_line(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         synthetic_mtmc.main()  # the folder is not empty now
     assert 'not empty' in capsys.readouterr().err
+
+
+def test_lookalikes_differ_only_a_little(scene):
+    _, info = scene
+    assert len(info['lookalikes']) == 1 and len(set(info['lookalikes'][0])) == 2
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        person = synthetic_mtmc.random_person(rng)
+        twin = synthetic_mtmc.lookalike(person, rng)
+        assert twin.pattern == person.pattern and (twin.bag is None) == (person.bag is None)
+        for part in ('shirt', 'shirt2', 'trousers', 'hair'):
+            assert 0 < np.abs(getattr(twin, part) - getattr(person, part)).max() < 0.2
