@@ -103,7 +103,7 @@ def _smoothed(samples, bin_seconds, smooth_seconds, margin, min_value, source='o
     num_bins = max(1, math.ceil((hi - origin) / bin_seconds))
     index = np.clip(np.floor((samples - origin) / bin_seconds).astype(np.int64), 0, num_bins - 1)
     hist = np.bincount(index, minlength=num_bins).astype(np.float64)
-    hist = gaussian_filter1d(hist, smooth_seconds / bin_seconds, mode='constant', truncate=3.0)
+    hist = gaussian_filter1d(hist, sigma / bin_seconds, mode='constant', truncate=3.0)
     return _Distribution(float(origin), hist / hist.sum(), float(lo), float(hi), len(samples), source)
 
 
