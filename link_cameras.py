@@ -54,7 +54,7 @@ from mtmc_eval import MultiCameraEvaluation, best_linking
 from mtmc_scene import InputError
 from tracklet_table import TrackletTable
 
-SPLIT_DISTANCE = 0.3                      # default --split-distance (bench_mtmc.py --case scenes)
+SPLIT_DISTANCE = 0.15                     # default --split-distance (bench_mtmc.py --case scenes)
 THRESHOLDS = np.round(np.arange(0.05, 1.0001, 0.05), 2)  # --learn-transitions grid
 PRIOR_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5)
 
