@@ -2,6 +2,8 @@
 its constraints under every merge order, time gates, the Jaccard option, and the tracklet table
 file (tracklet_table.py)."""
 import itertools
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +12,11 @@ import torch
 import cluster
 import linking
 from camera_transitions import TransitionModel
+from conftest import REPO, run_script
 from tracklet_table import TrackletTable
+
+sys.path.insert(0, str(REPO / 'benchmarks'))
+import bench_mtmc  # noqa: E402
 
 
 class FakeTransitions:
@@ -376,3 +382,21 @@ def test_table_errors_name_the_file(tmp_path):
         TrackletTable.load(tmp_path / 'junk.npz')
     with pytest.raises(ValueError, match='sorted unique'):
         TrackletTable(['b', 'a'], *(np.zeros(1),) * 8, np.ones((1, 2)))
+
+
+def test_bench_mtmc_scale_scene_is_linked_with_its_own_windows():
+    """The scale benchmark's tables have the density asked for, and its generator's windows let
+    the linking find the people (else the timing would measure something else)."""
+    table, _ = bench_mtmc.scale_scene(1500, 10, 120.0, 128)
+    assert len(table) == 1500 and table.gt_id is not None
+    transitions = bench_mtmc.transition_model('routes', table.cameras, 120.0, 128)
+    labels = linking.link_tracklets(table, 0.55, transitions, disjoint_views=True)
+    assert cluster.pairwise_scores(labels, table.gt_id)[2] > 0.95
+
+
+def test_bench_mtmc_scale_runs():
+    """benchmarks/bench_mtmc.py --case scale at a tiny size (a smoke test, not a measurement)."""
+    result = run_script('benchmarks/bench_mtmc.py', '--case', 'scale', '--sizes', '1000', '--cameras', '10',
+                        '--dim', '64')
+    assert re.search(r'^ +1,000 tracklets .* pairwise F1 [\d.]+$', result.stdout, re.M), result.stdout
+    assert 'transitions learnt' in result.stdout
