@@ -6,7 +6,6 @@ constraints; the outputs read back; a saved tracklet table relinks without image
 import json
 import re
 import shutil
-import sys
 
 import motmetrics as mm
 import numpy as np
@@ -19,7 +18,7 @@ import link_cameras
 import mtmc_scene
 import synthetic_mtmc
 from cluster import pairwise_scores
-from conftest import FAST, run_script
+from conftest import FAST, run_main, run_script
 from feature_extractor import pretrained_checkpoint
 from mtmc_eval import MultiCameraEvaluation
 from tracklet_table import TrackletTable
@@ -52,18 +51,6 @@ def random_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp('random') / 'random.pth.tar'
     torch.save(checkpoint, path)
     return path
-
-
-def run_main(monkeypatch, capsys, *args):
-    """(exit code, stdout, stderr) of link_cameras.main with these arguments."""
-    monkeypatch.setattr(sys, 'argv', ['link_cameras.py', *map(str, args)])
-    code = 0
-    try:
-        link_cameras.main()
-    except SystemExit as exit:
-        code = exit.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_scene_reading(tiny_scene, tmp_path):
@@ -112,7 +99,7 @@ def test_bad_input(tiny_scene, tmp_path, random_checkpoint, monkeypatch, capsys,
         TrackletTable(['c001', 'c002'], [0, 1], [1, 4], [0, 0], [1, 3], [2, 4], [0, .3], [.1, .4], [2, 2],
                       np.eye(2, 8, dtype=np.float32)).save(tmp_path / 't.npz')
         expected = 'no linking threshold: no checkpoint given; pass --threshold'
-    code, _, err = run_main(monkeypatch, capsys, *args)
+    code, _, err = run_main(link_cameras, monkeypatch, capsys, *args)
     assert code == 1
     assert len(err.splitlines()) == 1 and re.match('error: ' + expected, err), err
     assert not (tmp_path / 'out').exists() and not (tmp_path / 'out.partial').exists()
@@ -218,7 +205,7 @@ def test_linking_a_generated_scene(generated, tmp_path, monkeypatch, capsys):
     outputs read back; the saved table and transition model relink the scene without images
     to the same identities."""
     scene, out = generated / 'scene', tmp_path / 'out'
-    code, stdout, err = run_main(monkeypatch, capsys, '--scene', scene, '--output', out,
+    code, stdout, err = run_main(link_cameras, monkeypatch, capsys, '--scene', scene, '--output', out,
                                  '--resume', generated / 'model' / 'best_model.pth.tar', '--gt', 'gt/gt.txt',
                                  '--learn-transitions', scene, '--topology', generated / 'topology.txt')
     assert code == 0, err
@@ -257,7 +244,7 @@ def test_linking_a_generated_scene(generated, tmp_path, monkeypatch, capsys):
 
     for camera in cameras:
         shutil.rmtree(camera.folder + '/img1')
-    code, _, err = run_main(monkeypatch, capsys, '--scene', scene, '--tracklets', out / 'tracklets.npz',
+    code, _, err = run_main(link_cameras, monkeypatch, capsys, '--scene', scene, '--tracklets', out / 'tracklets.npz',
                             '--transitions', out / 'transitions.json', '--threshold', summary['threshold'],
                             '--prior-weight', summary['prior_weight'], '--output', tmp_path / 'again')
     assert code == 0, err
