@@ -199,7 +199,8 @@ def _cosine_distances(features, chunk=1 << 12):
 def _nearest_candidates(table, pairs, k1):
     """((N, k1) int64 indices, (N, k1) float32 cosine similarities) of each tracklet's k1 most
     similar allowed candidates, itself first, in cluster.k_nearest's form; short lists padded
-    with the tracklet itself (similarity 1). pairs: a callable giving candidate_pairs' chunks."""
+    with the tracklet itself (similarity 1). pairs: a callable giving the allowed pairs as
+    PairRules.sweep's chunks."""
     num = len(table)
     cosine = _cosine_distances(table.features)
     index = np.tile(np.arange(num)[:, None], (1, k1))
@@ -244,6 +245,8 @@ def _jaccard_distances(table, pairs, k1, k2):
     closeness.data = 1 - closeness.data
 
     def distances(rows, cols):
+        if not len(rows):  # scipy answers an empty index with an empty sparse matrix
+            return np.empty(0)
         return 1 - np.asarray(closeness[rows, cols], dtype=np.float64).ravel()
     return distances
 
@@ -306,6 +309,8 @@ def link_tracklets(table, threshold, transitions=None, prior_weight=1.0, disjoin
     pairs below the threshold and pairs kept for the clustering, and the seconds of each stage."""
     if distance not in ('cosine', 'jaccard'):
         raise ValueError(f"distance must be 'cosine' or 'jaccard', got {distance!r}")
+    if not prior_weight >= 0:
+        raise ValueError(f'prior_weight must be >= 0, got {prior_weight}')
     num = len(table)
     norms = np.sqrt(np.einsum('ij,ij->i', table.features, table.features))
     if num and np.abs(norms - 1).max() > 1e-3:

@@ -5,7 +5,8 @@ scenes, and its cost at scale from tracklet tables alone.
     python benchmarks/bench_mtmc.py --case scenes --resume CKPT --seeds 1 2 3 4 5
     python benchmarks/bench_mtmc.py --case scale                       # 10k and 100k tracklets, 100 cameras
     python benchmarks/bench_mtmc.py --case scale --sizes 1000000       # 1M (about 83 hours of 100 cameras)
-    python benchmarks/bench_mtmc.py --case scale --density 240 --dim 256
+    python benchmarks/bench_mtmc.py --case scale --transitions routes  # the generator's own windows
+    python benchmarks/bench_mtmc.py --case scale --density 240 --dim 256 --distance jaccard --sizes 10000
 
 --case scale: tracklet tables at a fixed density (--density tracklets per camera-hour; the span
 of time grows with the number of tracklets) over --cameras cameras on a random camera graph
@@ -13,9 +14,13 @@ of time grows with the number of tracklets) over --cameras cameras on a random c
 People walk routes of 1 to 4 cameras (never straight back), stay 5-40 s in each view, cross
 each link in 0.8-1.25 x its transit time; 30% of stays are broken in two tracklets (0.5-3 s
 apart). Features (--dim, 512) are identity centres plus Gaussian noise, L2-normalised: same
-person ~0.4 cosine distance apart, others ~1. The transition windows are the generator's,
-composed along walks of up to 3 links and widened by the parts of stays a tracklet misses
-(RouteWindows). Linking: cosine distance, threshold 0.55, prior weight 1, disjoint views.
+person ~0.4 cosine distance apart, others ~1. Transitions (--transitions): 'learnt',
+camera_transitions.TransitionModel.fit on the stays of one hour of another scene on the same
+graph, with its defaults (pairs composed through up to 2 cameras; the pairs it never saw get
+its widest window at a finite cost, so every camera pair has candidates); or 'routes', the
+generator's windows composed along walks of up to 3 links and widened by the parts of stays a
+tracklet misses (RouteWindows; farther pairs forbidden). Linking: threshold 0.55, prior weight
+1, disjoint views.
 Each size reports the seconds of link_tracklets alone (and its stages), the peak resident
 memory during it (the kernel's VmHWM, reset just before; the table is included), candidate
 pairs per tracklet, and the pairwise F1 of the result against the true identities (a check
@@ -183,7 +188,8 @@ def scale(args):
     transitions = transition_model(args.transitions, cameras, args.density, args.dim)
     sources = [pair.source for pair in getattr(transitions, 'pairs', {}).values()]
     print(f'{args.cameras} cameras, {args.density:g} tracklets per camera-hour, {args.dim}-d features '
-          f'(noise {args.noise:g}), threshold {args.threshold}, prior weight {args.prior_weight}, disjoint views; '
+          f'(noise {args.noise:g}), {args.distance} distance, threshold {args.threshold}, prior weight '
+          f'{args.prior_weight}, disjoint views; '
           f'transitions {args.transitions} ({time.perf_counter() - tic:.1f} s'
           + (f'; {sources.count("observed")} camera pairs observed, {sources.count("composed")} composed, the '
              f'other {args.cameras * (args.cameras - 1) - len(sources)} unobserved' if sources else '')
@@ -196,7 +202,7 @@ def scale(args):
         before = rss_mib('VmRSS')
         tic = time.perf_counter()
         global_id = linking.link_tracklets(table, args.threshold, transitions, prior_weight=args.prior_weight,
-                                           disjoint_views=True, report=report)
+                                           disjoint_views=True, distance=args.distance, report=report)
         seconds = time.perf_counter() - tic
         peak = rss_mib()
         _, _, f1 = pairwise_scores(global_id, table.gt_id)
@@ -295,6 +301,8 @@ def main():
                         help='feature noise around the identity centres, per dimension (scale): 0.8 puts one '
                              "person's tracklets ~0.4 apart in cosine distance, 1.2 ~0.6")
     parser.add_argument('--threshold', type=float, default=0.55, help='linking distance threshold (scale)')
+    parser.add_argument('--distance', choices=('cosine', 'jaccard'), default='cosine',
+                        help='appearance distance of the linking (scale); jaccard costs time quadratic in N')
     parser.add_argument('--prior-weight', type=float, default=1.0, help='weight of the transition cost (scale)')
     parser.add_argument('--transitions', choices=('learnt', 'routes'), default='learnt',
                         help='learnt: camera_transitions.TransitionModel fit on an hour of another scene; '

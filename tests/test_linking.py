@@ -331,6 +331,10 @@ def test_bad_arguments():
     table = random_case(0, num=6)
     with pytest.raises(ValueError, match='distance must be'):
         linking.link_tracklets(table, 0.5, distance='euclidean')
+    with pytest.raises(ValueError, match='prior_weight'):
+        linking.link_tracklets(table, 0.5, prior_weight=-1)
+    jaccard = linking._jaccard_distances(table, linking.PairRules(table).sweep, 3, 2)
+    assert jaccard(np.empty(0, np.int64), np.empty(0, np.int64)).shape == (0,)  # a chunk the gates emptied
     table.features = table.features * 2
     with pytest.raises(ValueError, match='L2-normalised'):
         linking.link_tracklets(table, 0.5)
