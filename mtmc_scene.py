@@ -36,7 +36,7 @@ try:
 except ImportError:  # optional: only videos need it
     cv2 = None
 
-__all__ = ['InputError', 'Camera', 'read_scene', 'read_time_offsets', 'camera_number', 'choose_boxes',
+__all__ = ['InputError', 'Camera', 'Tracks', 'read_scene', 'read_time_offsets', 'camera_number', 'choose_boxes',
            'split_points', 'tracklet_features', 'row_pieces', 'read_scene_gt', 'VIDEO_NAMES',
            'OPENCV_MISSING']
 

@@ -1,5 +1,6 @@
-"""Pictures of a model's behaviour: ranked lists per query (visrank) and training curves
-(TrainingLog, with the same numbers in metrics.jsonl and optionally TensorBoard)."""
+"""Pictures of a model's behaviour: ranked lists per query (visrank), identities linked across
+cameras (identity_strips) and training curves (TrainingLog, with the same numbers in
+metrics.jsonl and optionally TensorBoard)."""
 import html
 import json
 import math

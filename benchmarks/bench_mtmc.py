@@ -30,12 +30,13 @@ the cost grows: flat is linear.
 --case scenes: synthetic_mtmc.make_scene scenes (--seeds, --people, --seconds, 4 cameras, a
 simulated tracker's fragmented tracks with swaps), tracklet features from a model trained here on
 other people (make_train_set under the cameras of scene seed 1, not those of other seeds;
-timm:resnet18 at 64x32, --epochs; or --resume). Multi-camera IDF1 (motmetrics, all cameras jointly) of: no linking (every track its own
-identity); appearance with the same-camera rule only; the plain recipe (+ time gates: the
-transition model learnt from the scene's ground truth, prior weight 0); + splitting tracks at
-appearance jumps (each --split-distances); + the transition prior (weight calibrated); + the
-Jaccard distance. Each variant is scored at its best threshold (and prior weight) on the scene
-itself, so each figure is that variant's ceiling and the comparison is between variants.
+timm:resnet18 at 64x32, --epochs; or --resume). Multi-camera IDF1 (motmetrics, all cameras
+jointly) of: no linking (every track its own identity); appearance with the same-camera rule
+only; the plain recipe (+ time gates: the transition model learnt from the scene's ground truth,
+prior weight 0); + splitting tracks at appearance jumps (each --split-distances); + the
+transition prior (weight calibrated); + the Jaccard distance. Each variant is scored at its best
+threshold (and prior weight) on the scene itself, so each figure is that variant's ceiling and
+the comparison is between variants.
 """
 import argparse
 import os
