@@ -58,6 +58,8 @@ VERSION = 1
 # cost() of the least likely transit inside a window: log of the density ratio to the mode,
 # capped where the smoothed density is 1/1000 of the mode's (its tails are not data anymore).
 COST_CAP = math.log(1000.0)
+# cost() of a pair never observed nor composable: as unlikely as a transit at 1/10 of the mode's density.
+UNOBSERVED_COST = math.log(10.0)
 ROUTES = ('consecutive', 'all')
 # st-ReID's published figures (Wang et al., AAAI 2019, without re-ranking): Rank-1 / mAP in %.
 ST_PUBLISHED = {'market1501': (98.1, 87.6), 'dukemtmcreid': (94.4, 83.9)}
@@ -100,7 +102,7 @@ def _smoothed(samples, bin_seconds, smooth_seconds, margin, min_value, source='o
     if min_value is not None:
         lo = max(lo, min_value)
     origin = math.floor(lo / bin_seconds) * bin_seconds
-    num_bins = max(1, math.ceil((hi - origin) / bin_seconds))
+    num_bins = math.floor((hi - origin) / bin_seconds) + 1  # the bin holding hi included
     index = np.clip(np.floor((samples - origin) / bin_seconds).astype(np.int64), 0, num_bins - 1)
     hist = np.bincount(index, minlength=num_bins).astype(np.float64)
     hist = gaussian_filter1d(hist, sigma / bin_seconds, mode='constant', truncate=3.0)
@@ -135,7 +137,7 @@ class TransitionModel:
     st_model uses frames). Same-camera pairs are not modelled: window/cost refuse them.
     """
 
-    def __init__(self, cameras, pairs, bin_seconds, widening=None, unobserved_cost=math.log(10.0),
+    def __init__(self, cameras, pairs, bin_seconds, widening=None, unobserved_cost=UNOBSERVED_COST,
                  forbid_unlisted=False):
         """pairs: {(camera a, camera b): _Distribution} by name; widening: {camera: seconds}
         a tracklet may miss of its stay at each end (missing: 0); forbid_unlisted: pairs
@@ -153,7 +155,7 @@ class TransitionModel:
     @classmethod
     def fit(cls, identity, camera, enter_time, exit_time, cameras, *, bin_seconds=1.0, smooth_seconds=None,
             margin=None, min_transit=None, routes='consecutive', max_hops=2, widen_quantile=0.9,
-            unobserved_cost=math.log(10.0), topology=None):
+            unobserved_cost=UNOBSERVED_COST, topology=None):
         """Learn the model from N stays: identity (N,) int, camera (N,) int index into cameras,
         enter_time, exit_time (N,) float seconds (exit >= enter).
 
@@ -353,8 +355,9 @@ class TransitionModel:
         num = len(self.cameras)
         row = np.where((a == b) | (a < 0) | (a >= num) | (b < 0) | (b >= num), num * num, a * num + b)
         column = np.floor((gap - origin[row]) / self.bin_seconds)
-        ok = (column >= 0) & (column < length[row])
-        return np.where(ok, table[row, np.where(ok, column, 0).astype(np.int64)], 0.0)
+        # Off the grid: the all-zero last row's first cell. One gather from the flat table.
+        flat = np.where((column >= 0) & (column < length[row]), row * table.shape[1] + column, num * num * table.shape[1])
+        return table.ravel()[flat.astype(np.int64)]
 
     def summary(self):
         """Printable lines: one per modelled pair (source, count, window before widening),
@@ -489,3 +492,119 @@ def stays_from_mot(tracks, fps, offsets=None, max_gap=2.0):
             out[3].append(times[stops])
     identity, camera, enter_time, exit_time = (np.concatenate(x) if x else np.zeros(0) for x in out)
     return identity.astype(np.int64), camera.astype(np.int64), enter_time, exit_time, cameras
+
+
+# ---- st-ReID in re-ID evaluation (--st) ----------------------------------------------------
+class NoFrameNumbersError(DatasetError):
+    """--st on a dataset whose file names carry no frame numbers."""
+
+
+# DukeMTMC-reID: 0001_c2_f0046182.jpg (pid, camera, frame in the camera's video).
+DUKE_NAME = re.compile(r'^(?:-1|\d+)_c(\d+)_f(\d+)\.jpg$')
+# Market-1501: 0002_c1s1_000451_03.jpg (pid, camera, sequence, frame within the sequence, box).
+MARKET_NAME = re.compile(r'^(?:-1|\d+)_c(\d+)s(\d+)_(\d+)_\d+\.jpg(?:\.jpg)?$')
+# st-ReID's histogram: 100-frame bins smoothed by a Gaussian of 50 bins; logistic fusion
+# 1 / (1 + lambda0 exp(-gamma0 s)) x 1 / (1 + lambda1 exp(-gamma1 p)) with gamma 5, lambdas 1 and 2.
+ST_BIN_FRAMES, ST_SMOOTH_FRAMES = 100.0, 5000.0
+ST_GAMMA, ST_LAMBDAS = 5.0, (1.0, 2.0)
+
+
+def frame_times(dataset):
+    """{'train', 'query', 'gallery': (N,) float64 frame numbers on each camera's clock} of an
+    image dataset's items, parsed from their file names: DukeMTMC-reID's c<cam>_f<frame>, or
+    Market-1501's c<cam>s<seq>_<frame>, whose sequences are laid end to end per camera as
+    st-ReID does (the offset of sequence s is the sum of the lengths of sequences 1..s-1 of that
+    camera, a sequence's length being the largest frame any image of the dataset gives it).
+    Raises NoFrameNumbersError naming the dataset and a file when the names carry no frames."""
+    splits = {s: [os.path.basename(path) for path, _, _ in getattr(dataset, s)] for s in ('train', 'query', 'gallery')}
+    names = [name for split in splits.values() for name in split]
+    for pattern in (DUKE_NAME, MARKET_NAME):
+        matches = [pattern.match(name) for name in names]
+        if all(matches):
+            break
+    else:
+        example = next(name for name in names if not DUKE_NAME.match(name) and not MARKET_NAME.match(name))
+        raise NoFrameNumbersError(
+            f'--st needs frame numbers in the file names (DukeMTMC-reID\'s 0001_c2_f0046182.jpg or Market-1501\'s '
+            f'0002_c1s1_000451_03.jpg); {dataset.title} has none, e.g. {example}: leave --st out for it')
+    if pattern is DUKE_NAME:
+        frames = [float(m.group(2)) for m in matches]
+    else:
+        length = {}
+        for m in matches:
+            key = int(m.group(1)), int(m.group(2))
+            length[key] = max(length.get(key, 0), int(m.group(3)))
+        offset = {(cam, seq): sum(length.get((cam, s), 0) for s in range(1, seq)) for cam, seq in length}
+        frames = [float(offset[int(m.group(1)), int(m.group(2))] + int(m.group(3))) for m in matches]
+    out, start = {}, 0
+    for split, split_names in splits.items():
+        out[split] = np.array(frames[start:start + len(split_names)], dtype=np.float64)
+        start += len(split_names)
+    return out
+
+
+def st_model(train, times, num_cameras):
+    """st-ReID's spatial-temporal model from a train split: train [(path, pid, camid)], times
+    (N,) frames. Each identity's time in a camera is the mean frame of its images there (a point
+    stay); every pair of its cameras in time order gives a transit (routes='all'); transits
+    are never negative (min_transit 0), nothing is composed, nothing widened."""
+    pids = np.array([pid for _, pid, _ in train], dtype=np.int64)
+    camids = np.array([camid for _, _, camid in train], dtype=np.int64)
+    keys, inverse = np.unique(np.stack([pids, camids], axis=1), axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    mean_time = np.bincount(inverse, weights=times) / np.bincount(inverse)
+    return TransitionModel.fit(keys[:, 0], keys[:, 1], mean_time, mean_time, [f'c{i + 1}' for i in range(num_cameras)],
+                               bin_seconds=ST_BIN_FRAMES, smooth_seconds=ST_SMOOTH_FRAMES, min_transit=0.0,
+                               routes='all', max_hops=0, widen_quantile=None)
+
+
+def st_probability(model, q_camids, q_times, g_camids, g_times):
+    """(M, N) probabilities of the time differences of M queries and N gallery items under
+    model, in time order: from the earlier of the two cameras to the later (0 in one camera)."""
+    q_camids, q_times = np.asarray(q_camids)[:, None], np.asarray(q_times)[:, None]
+    query_first = q_times <= g_times[None, :]
+    earlier = np.where(query_first, q_camids, g_camids[None, :])
+    later = np.where(query_first, g_camids[None, :], q_camids)
+    return model.probability(earlier, later, np.abs(g_times[None, :] - q_times))
+
+
+def st_fuse(similarity, probability, gamma=ST_GAMMA, lambdas=ST_LAMBDAS):
+    """st-ReID's joint score of visual similarities (cosine) and st probabilities, elementwise:
+    1 / (1 + lambda0 exp(-gamma s)) * 1 / (1 + lambda1 exp(-gamma p)); higher is more similar."""
+    return 1 / (1 + lambdas[0] * np.exp(-gamma * similarity)) / (1 + lambdas[1] * np.exp(-gamma * probability))
+
+
+def evaluate_st(dataset, qf, gf, q_pids, g_pids, q_camids, g_camids, block_size=256):
+    """--st: learn st-ReID's model from dataset's train split and print, side by side, the
+    results of ranking the gallery by the cosine similarity of qf (M, D) and gf (N, D) alone and
+    by its fusion with the st probability (st_fuse), so the columns differ by the fusion only.
+    q_pids, q_camids (M,), g_pids, g_camids (N,) in the order of dataset.query / .gallery.
+    Returns (visual, fused) eval_metrics.ReIDMetrics."""
+    times = frame_times(dataset)
+    num_cameras = 1 + max(camid for split in (dataset.train, dataset.query, dataset.gallery) for _, _, camid in split)
+    model = st_model(dataset.train, times['train'], num_cameras)
+    unit_q, unit_g = torch.nn.functional.normalize(qf, dim=1), torch.nn.functional.normalize(gf, dim=1)
+    q_cams, g_cams = np.asarray(q_camids), np.asarray(g_camids)
+
+    def blocks(fuse):
+        for start in range(0, len(unit_q), block_size):
+            rows = slice(start, start + block_size)
+            similarity = (unit_q[rows] @ unit_g.t()).cpu().double().numpy()
+            if fuse:
+                probability = st_probability(model, q_cams[rows], times['query'][rows], g_cams, times['gallery'])
+                similarity = st_fuse(similarity, probability)
+            yield start, -similarity  # a distance: lower ranks first
+
+    visual, fused = (evaluate_blocks(Reiterable(lambda fuse=fuse: blocks(fuse)), q_pids, g_pids, q_camids, g_camids,
+                                     verbose=False, fprs=()) for fuse in (False, True))
+    print(f'Spatial-temporal fusion (--st, st-ReID): learnt from {dataset.title}\'s train split '
+          f'({len(model.pairs)} camera pairs); cosine similarity alone and fused with the transit time')
+    print(f'{"":9}{"cosine":>8}{"cosine+st":>11}')
+    print(f'{"mAP":9}{visual.mAP:8.1%}{fused.mAP:11.1%}')
+    for rank in (1, 5, 10, 20):
+        if rank <= len(fused.cmc):
+            print(f'{f"Rank-{rank}":9}{visual.cmc[rank - 1]:8.1%}{fused.cmc[rank - 1]:11.1%}')
+    if dataset.name in ST_PUBLISHED:
+        rank1, mAP = ST_PUBLISHED[dataset.name]
+        print(f'(st-ReID published on {dataset.title}: Rank-1 {rank1}%, mAP {mAP}%, with its own PCB features)')
+    return visual, fused

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
+import camera_transitions
 import checkpoints
 import data_manager
 import distributed
@@ -265,7 +266,8 @@ def tracker_thresholds(result, qf, gf, q_pids, g_pids, q_camids, g_camids, args)
 def test(model, target, device, args, visrank_dir):
     """Extract features, rank the gallery for every query by --dist-metric, print mAP, CMC and
     the verification figures (and, with --rerank, again after re-ranking), and the cosine
-    thresholds for trackers; with --visrank, write the ranked-list pictures to visrank_dir.
+    thresholds for trackers; with --st, cosine alone and fused with st-ReID's transit times
+    side by side; with --visrank, write the ranked-list pictures to visrank_dir.
     Returns (rank1, mAP, tracker thresholds) without re-ranking. Under DDP all ranks extract and
     rank 0 alone evaluates; the others return (None, None, None)."""
     start = time.time()
@@ -291,6 +293,8 @@ def test(model, target, device, args, visrank_dir):
     if thresholds:
         print('Cosine-distance thresholds for trackers (same person if distance <= threshold): '
               + ', '.join(f'FPR {fpr:.0e}: {t:.4f}' for fpr, t in thresholds.items()))
+    if getattr(args, 'st', False):
+        camera_transitions.evaluate_st(target.dataset, qf, gf, q_pids, g_pids, q_camids, g_camids)
     if args.visrank:
         num = min(args.visrank_queries or len(qf), len(qf))
         dist = pairwise_distance(qf[:num], gf, args.dist_metric).cpu()
@@ -451,6 +455,9 @@ def run(args, *, video, loss, build_criterion, unsupervised=None):
 
     print(f'Initializing dataset {" + ".join(args.dataset)}')
     dataset, test_sets = load_datasets(args)
+    if getattr(args, 'st', False):
+        for test_set in test_sets:  # a dataset without frame numbers stops here, not after training
+            camera_transitions.frame_times(test_set)
     if unsupervised is None:
         check_train_batch(args, dataset, video, 'htri' in loss)  # a bad --train-batch stops before the model is built
         num_classes = dataset.num_train_pids

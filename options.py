@@ -326,6 +326,11 @@ def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False
                       help='squared Euclidean, or cosine distance on L2-normalised features (default: euclidean)')
     test.add_argument('--flip-test', action=argparse.BooleanOptionalAction,
                       help='test feature = mean of the features of the image and its mirror image')
+    if not video:
+        test.add_argument('--st', action='store_true',
+                          help="also rank by st-ReID's fusion of the cosine similarity with the camera-to-camera "
+                               'transit time learnt from the train split (needs frame numbers in the file names: '
+                               'DukeMTMC-reID, Market-1501); printed beside the visual-only results')
 
     misc = parser.add_argument_group('run')
     misc.add_argument('--print-freq', type=int, default=10, help='print every this many batches')

@@ -23,6 +23,11 @@ from data_manager import cuhk03_image_name, mars_folder
 
 IMG_HEIGHT, IMG_WIDTH = 128, 64  # Market-1501's image size
 NUM_CAMERAS = 6
+# make_dukemtmcreid(walk=True): walks start within WALK_SPAN frames (about 4.6 hours at
+# DukeMTMC's 60 fps) and images of a camera are taken within WALK_STAY frames of the arrival.
+WALK_SPAN, WALK_STAY = 1_000_000, 600
+# synthetic_data.py --walk: enough identities to learn the 16 transits of the ring.
+WALK_SIZES = {'num_train_ids': 160, 'num_test_ids': 80, 'num_distractors': 40}
 
 
 @dataclass
@@ -313,36 +318,54 @@ def _write(path, array):
     _save(array, path)
 
 
-def make_dukemtmcreid(out_dir, num_train_ids=4, num_test_ids=4, num_distractors=2, seed=0):
+def make_dukemtmcreid(out_dir, num_train_ids=4, num_test_ids=4, num_distractors=2, seed=0, walk=False):
     """Write out_dir/DukeMTMC-reID/{bounding_box_train,query,bounding_box_test}/ (out_dir is
     <root>/dukemtmc-reid) with names like 0001_c2_f0046182.jpg, cameras 1-8.
 
     pids are drawn from 1..7140 as in the real data (so their set is not in ascending order);
     each test id has one query in each of two cameras and 1-2 gallery images per camera;
     distractors are ordinary ids found only in the gallery. No junk.
+
+    walk: the frame numbers follow a camera-to-camera walk (for --st): the cameras form a ring
+    c1 - c2 - ... - c8 - c1; each identity arrives in a random camera at a random frame of
+    WALK_SPAN and walks on to a neighbour, either way round, arriving that ordered pair's
+    transit time later (3,000-30,000 frames, fixed per pair, +-5% per walk); its images in a
+    camera are taken within WALK_STAY frames of its arrival. The images are the same as
+    without walk; only the cameras and frame numbers change. Without walk, frames just count up.
     """
     rng = np.random.default_rng(seed + 2)
     cameras = [random_camera(rng) for _ in range(8)]
     pids = [int(p) + 1 for p in rng.choice(7140, num_train_ids + num_test_ids + num_distractors, replace=False)]
     base = os.path.join(out_dir, 'DukeMTMC-reID')
     frame = iter(range(40000, 10**7, 7))
+    clock = np.random.default_rng(seed + 3)  # the walk's own stream, so the images do not change
+    transit = clock.uniform(3000, 30000, size=(8, 8))
 
-    def shoot(person, pid, cam, folder):
-        _write(os.path.join(base, folder, f'{pid:04d}_c{cam}_f{next(frame):07d}.jpg'),
-               _half(snapshot(person, cameras[cam - 1], rng)))
+    def shoot(person, pid, cam, folder, arrival=None):
+        number = next(frame) if arrival is None else int(arrival + clock.uniform(0, WALK_STAY))
+        while os.path.exists(path := os.path.join(base, folder, f'{pid:04d}_c{cam}_f{number:07d}.jpg')):
+            number += 1  # two images of one walk drawn at the same frame
+        _write(path, _half(snapshot(person, cameras[cam - 1], rng)))
 
     for i, pid in enumerate(pids):
         person = random_person(rng)
         cams = sorted(int(c) + 1 for c in rng.choice(8, 2, replace=False))
+        arrival = {}
+        if walk:
+            first = int(clock.integers(8))
+            second = (first + (1 if clock.random() < 0.5 else -1)) % 8
+            start = clock.uniform(0, WALK_SPAN)
+            cams = [first + 1, second + 1]
+            arrival = {first + 1: start, second + 1: start + transit[first, second] * clock.uniform(0.95, 1.05)}
         for cam in cams:
             if i < num_train_ids:
-                shoot(person, pid, cam, 'bounding_box_train')
-                shoot(person, pid, cam, 'bounding_box_train')
+                shoot(person, pid, cam, 'bounding_box_train', arrival.get(cam))
+                shoot(person, pid, cam, 'bounding_box_train', arrival.get(cam))
                 continue
             if i < num_train_ids + num_test_ids:
-                shoot(person, pid, cam, 'query')
+                shoot(person, pid, cam, 'query', arrival.get(cam))
             for _ in range(int(rng.integers(1, 3))):
-                shoot(person, pid, cam, 'bounding_box_test')
+                shoot(person, pid, cam, 'bounding_box_test', arrival.get(cam))
 
 
 def _write_mat_v73(path, cells, testsets):
@@ -648,6 +671,10 @@ def main():
                         help='market1501 only: cameras of another domain (dim, tinted, busy backgrounds, smaller '
                              'persons), to train on one domain and adapt to the other; STRENGTH from 0 (none) to 1 '
                              '(the full shift, the default when the flag is given alone) scales every change')
+    parser.add_argument('--walk', action='store_true',
+                        help='dukemtmcreid only: frame numbers follow walks between cameras, for --st, with '
+                             f'{WALK_SIZES["num_train_ids"]} train, {WALK_SIZES["num_test_ids"]} test and '
+                             f'{WALK_SIZES["num_distractors"]} distractor identities')
     parser.add_argument('--datasets', nargs='+', choices=list(MAKERS), default=['market1501', 'mars'],
                         help='image_folder and video_folder go to <root>/image_folder and '
                              '<root>/video_folder: pass that folder as --root to train on them')
@@ -663,8 +690,10 @@ def main():
         # Build beside the target and rename, so an interrupted run leaves no half dataset.
         partial = out_dir + '.partial'
         shutil.rmtree(partial, ignore_errors=True)
-        shift = {'domain_shift': args.domain_shift} if args.domain_shift and name == 'market1501' else {}
-        maker(partial, seed=args.seed, **shift)
+        options = {'domain_shift': args.domain_shift} if args.domain_shift and name == 'market1501' else {}
+        if args.walk and name == 'dukemtmcreid':
+            options = {'walk': True, **WALK_SIZES}
+        maker(partial, seed=args.seed, **options)
         os.replace(partial, out_dir)
         print(f'Wrote synthetic {name} to {out_dir}')
 

@@ -55,8 +55,17 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from synthetic_data import (IMG_HEIGHT, Camera, Person, expose, paint_background, paint_person, random_camera,
-                            random_colour, random_person)
+from synthetic_data import (
+    IMG_HEIGHT,
+    Camera,
+    Person,
+    expose,
+    paint_background,
+    paint_person,
+    random_camera,
+    random_colour,
+    random_person,
+)
 
 FRAME_WIDTH, FRAME_HEIGHT = 320, 240
 JPEG_QUALITY = 75

@@ -1,11 +1,29 @@
 """camera_transitions: the transition model learnt from stays (windows, composition, penalties,
 topology files, files) and st-ReID's fusion in re-ID evaluation."""
 import json
+import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from camera_transitions import COST_CAP, TransitionFileError, TransitionModel, stays_from_mot
+import engine
+import synthetic_data
+import synthetic_mtmc
+import train_img_model_xent
+from camera_transitions import (
+    COST_CAP,
+    NoFrameNumbersError,
+    TransitionFileError,
+    TransitionModel,
+    frame_times,
+    st_fuse,
+    st_model,
+    st_probability,
+    stays_from_mot,
+)
+from conftest import FAST, shared_path
+from reference_st_reid import reference_distribution, reference_probability
 
 CAMERAS = ['c001', 'c002', 'c003', 'c004']
 # The generated camera graph: c001 -> c002, then c002 -> c003 or c002 -> c004; transit times
@@ -86,6 +104,30 @@ def test_widening_takes_the_best_transit_within_the_missed_part(model):
     assert 2 * 12 < learnt < 2 * 15  # the 0.9 quantile of durations uniform in 5..15 s: 14
     assert model.window('c001', 'c002') == pytest.approx((lo, hi + learnt))
     assert model.max_window() >= model.window('c001', 'c004')[1]
+
+
+def test_learnt_from_a_generated_scene_recovers_its_camera_graph(tmp_path):
+    """From the gt.txt files of a generated, unsynchronised scene (synthetic_mtmc): the observed
+    pairs are exactly the generator's camera graph, each learnt window holds the true one (to a
+    frame, 0.5 s at 2 fps) with at most 5 s to spare, overlapping views give negative windows,
+    and the pairs two steps apart are composed."""
+    scene = tmp_path / 'scene'
+    synthetic_mtmc.make_scene(scene, num_cameras=4, num_people=48, seconds=150, fps=2, seed=2, unsynchronised=True)
+    truth = json.loads((scene / 'transitions_true.json').read_text())
+    offsets = {name: float(offset) for name, offset in
+               (line.split() for line in (scene / 'cam_timestamp.txt').read_text().splitlines())}
+    tracks = {name: np.loadtxt(scene / name / 'gt' / 'gt.txt', delimiter=',', ndmin=2)[:, :2].astype(np.int64)
+              for name in truth['cameras']}
+    model = TransitionModel.fit_mot(tracks, fps=2, offsets=offsets, max_gap=1.0)
+    true_pairs = {(p['from'], p['to']): p for p in truth['pairs']}
+    assert {pair for pair, d in model.pairs.items() if d.source == 'observed'} == set(true_pairs)
+    for (a, b), pair in true_pairs.items():
+        lo, hi = model.window(a, b, widen=0)
+        assert pair['min'] - 5 <= lo <= pair['min'] + 0.5 and pair['max'] - 0.5 <= hi <= pair['max'] + 5, (a, b, lo, hi)
+        if pair['overlap']:
+            assert lo < 0
+    composed = {pair for pair, d in model.pairs.items() if d.source == 'composed'}
+    assert composed == {('c001', 'c003'), ('c003', 'c001'), ('c002', 'c004'), ('c004', 'c002')}
 
 
 def write(path, text):
@@ -182,3 +224,137 @@ def test_fit_rejects_bad_stays():
         TransitionModel.fit([0, 0], [0, 1], [0, 5], [1, 4], CAMERAS)
     with pytest.raises(ValueError, match='camera indices'):
         TransitionModel.fit([0, 0], [0, 7], [0, 5], [1, 6], CAMERAS)
+
+
+# ---- st-ReID (--st) ------------------------------------------------------------------------
+def named(title, train=(), query=(), gallery=(), name=''):
+    """A dataset-like object whose items are (file name, pid, camid)."""
+    return SimpleNamespace(title=title, name=name, train=list(train), query=list(query), gallery=list(gallery))
+
+
+def test_st_fuse_by_hand():
+    """st-ReID's 1 / (1 + exp(-5 s)) x 1 / (1 + 2 exp(-5 p)) at s = 0.5, p = 0.01 and s = 0, p = 0:
+    1 / 1.0820850 x 1 / (1 + 2 x 0.9512294) = 0.9241418 x 0.3445355 and 1/2 x 1/3."""
+    fused = st_fuse(np.array([0.5, 0.0]), np.array([0.01, 0.0]))
+    np.testing.assert_allclose(fused, [0.9241418 * 0.3445355, 1 / 6], rtol=1e-6)
+
+
+def test_st_model_and_probability_by_hand():
+    """Identity 0: camera 1 at frames 1000 and 1200 (mean 1100), camera 2 at 5100: one transit
+    c1 -> c2 of 4000 frames, bin 40. st-ReID's smoothed histogram there: a Gaussian of 50 bins
+    around bin 40, cut at 3 sigmas and at bin 0, normalised; its value at bin 40 is
+    1 / sum_{k=0}^{190} exp(-(k - 40)^2 / 5000). Identity 1 walks c2 -> c3 -> c1: every pair of
+    its cameras in time order is a transit (routes 'all')."""
+    train = [('a', 0, 0), ('b', 0, 0), ('c', 0, 1), ('d', 1, 1), ('e', 1, 2), ('f', 1, 0)]
+    model = st_model(train, np.array([1000.0, 1200, 5100, 90000, 91000, 93000]), num_cameras=3)
+    assert sorted(model.pairs) == [('c1', 'c2'), ('c2', 'c1'), ('c2', 'c3'), ('c3', 'c1')]
+    peak = 1 / np.exp(-(np.arange(0, 191) - 40.0) ** 2 / 5000).sum()
+    # Query in c2 at 9000, gallery c1 at 5000: the gallery came first (c1 -> c2, 4000 frames);
+    # and the other way round; the same camera: 0.
+    probability = st_probability(model, np.array([1, 0]), np.array([9000.0, 5000.0]),
+                                 np.array([0, 1, 0]), np.array([5000.0, 9000.0, 4000.0]))
+    assert probability[0, 0] == pytest.approx(peak, rel=1e-9)
+    assert probability[1, 1] == probability[0, 0] and probability[1, 2] == 0
+    # c3 before c2 was never seen: 0.
+    assert st_probability(model, np.array([2]), np.array([5000.0]), np.array([1]), np.array([9000.0]))[0, 0] == 0
+
+
+def test_frame_times_lay_market_sequences_end_to_end():
+    names = ['0002_c1s1_001000_01.jpg', '0002_c1s2_000050_01.jpg', '0002_c2s1_000300_01.jpg',
+             '0003_c1s3_000007_02.jpg.jpg', '0003_c1s2_000400_00.jpg']
+    dataset = named('Market1501', train=[(f'/x/{n}', 0, 0) for n in names[:3]],
+                    query=[(n, 0, 0) for n in names[3:4]], gallery=[(n, 0, 0) for n in names[4:]])
+    times = frame_times(dataset)
+    assert times['train'].tolist() == [1000, 1050, 300]
+    assert times['query'].tolist() == [1000 + 400 + 7] and times['gallery'].tolist() == [1400]
+    duke = named('DukeMTMC-reID', train=[('0001_c2_f0046182.jpg', 0, 1)], gallery=[('0007_c8_f0000001.jpg', 0, 7)])
+    assert frame_times(duke)['gallery'].tolist() == [1]
+
+
+def test_st_without_frame_numbers_names_dataset_and_file():
+    dataset = named('CUHK03', train=[('1_001_1_01.png', 0, 0)], query=[('1_002_2_06.png', 1, 1)])
+    with pytest.raises(NoFrameNumbersError, match="CUHK03 has none, e.g. 1_001_1_01.png: leave --st out"):
+        frame_times(dataset)
+
+
+@pytest.mark.parametrize('benchmark, lists, num_pairs', [
+    ('market1501', ('market1501-lists',), 30),
+    ('dukemtmcreid', ('extra', 'dukemtmcreid'), 46),
+])
+def test_frame_parsing_covers_every_real_name(benchmark, lists, num_pairs):
+    """Every file name of the real train, query and gallery lists (junk included) carries a
+    frame; Market's sequences laid end to end keep each camera's clock increasing; the model
+    learnt from the real train split sees num_pairs ordered camera pairs."""
+    folder = shared_path('data', *lists)
+    splits = {split: (folder / f'{split}.txt').read_text().split() for split in ('train', 'query', 'gallery')}
+    items = {split: [(n, int(n.split('_')[0]), int(re.match(r'\S+?_c(\d)', n).group(1)) - 1) for n in names]
+             for split, names in splits.items()}
+    times = frame_times(named(benchmark, **items))
+    assert all(len(times[s]) == len(splits[s]) and (times[s] >= 0).all() for s in splits)
+    if benchmark == 'market1501':
+        frames = {}
+        for name, time in zip(splits['train'] + splits['query'] + splits['gallery'],
+                              np.concatenate([times['train'], times['query'], times['gallery']])):
+            cam, seq = map(int, re.match(r'\S+?_c(\d)s(\d)', name).groups())
+            frames.setdefault((cam, seq), []).append(time)
+        for (cam, seq), values in frames.items():
+            if (cam, seq + 1) in frames:
+                assert max(values) <= min(frames[cam, seq + 1]) + 1  # a frame number starts at 0 or 1
+    train = [item for item in items['train'] if item[1] >= 0]
+    model = st_model(train, times['train'][[item[1] >= 0 for item in items['train']]], num_cameras=8)
+    assert len(model.pairs) == num_pairs
+
+
+def test_st_matches_st_reid_on_real_dukemtmcreid_names():
+    """The model learnt from the real DukeMTMC-reID train names gives the probabilities of
+    st-ReID's own code (a literal transcription: tests/reference_st_reid.py) for 40 real
+    queries against the whole real gallery, to their 1e-7 normalisation epsilon."""
+    folder = shared_path('data', 'extra', 'dukemtmcreid')
+    names = {split: (folder / f'{split}.txt').read_text().split() for split in ('train', 'query', 'gallery')}
+    reference = reference_distribution(names['train'])
+    items = {split: [(n, int(n[:4]), int(n[6]) - 1) for n in split_names] for split, split_names in names.items()}
+    times = frame_times(named('DukeMTMC-reID', **items))
+    model = st_model(items['train'], times['train'], num_cameras=8)
+    queries = np.random.default_rng(0).choice(len(names['query']), 40, replace=False)
+    g_cams = np.array([camid for _, _, camid in items['gallery']])
+    ours = st_probability(model, np.array([items['query'][q][2] for q in queries]), times['query'][queries],
+                          g_cams, times['gallery'])
+    for row, q in enumerate(queries):
+        expected = reference_probability(reference, names['query'][q], names['gallery'])
+        np.testing.assert_allclose(ours[row], expected, rtol=1e-6, atol=1e-12)
+
+
+def run_image_script(capsys, *argv):
+    """train_img_model_xent.py in this process (its imports are paid once): (exit code, stdout, stderr)."""
+    args = train_img_model_xent.get_args_parser().parse_args([*map(str, FAST), *map(str, argv)])
+    code = 0
+    try:
+        engine.main(args, video=False, loss={'xent'}, build_criterion=train_img_model_xent.build_criterion)
+    except SystemExit as stop:
+        code = stop.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_st_improves_map_on_walking_people(tmp_path, capsys):
+    """On a DukeMTMC-reID-style set whose frame numbers follow walks between cameras, an
+    untrained model's ranking improves a lot once fused with the transit times."""
+    synthetic_data.make_dukemtmcreid(tmp_path / 'dukemtmc-reid', num_train_ids=80, num_test_ids=30,
+                                     num_distractors=10, seed=1, walk=True)
+    code, out, _ = run_image_script(capsys, '-a', 'osnet_x0_25', '-d', 'dukemtmcreid', '--root', tmp_path,
+                                    '--evaluate', '--st', '--use-cpu', '--save-dir', tmp_path / 'log')
+    assert code == 0
+    table = {row: (float(visual), float(fused))
+             for row, visual, fused in re.findall(r'^(mAP|Rank-1) +([\d.]+)% +([\d.]+)%$', out, re.M)}
+    (visual_map, fused_map), (visual_rank1, fused_rank1) = table['mAP'], table['Rank-1']
+    assert fused_map > visual_map + 20 and fused_rank1 > visual_rank1
+    assert 'published on DukeMTMC-reID: Rank-1 94.4%, mAP 83.9%' in out
+
+
+def test_st_flag_on_a_dataset_without_frames_stops_before_training(tmp_path, capsys):
+    synthetic_data.make_image_folder(tmp_path, num_train_ids=3, num_test_ids=3)
+    code, out, err = run_image_script(capsys, '-d', 'image_folder', '--root', tmp_path, '--st', '--max-epoch', '1',
+                                      '--save-dir', tmp_path / 'log')
+    assert code == 1
+    assert re.search(r'^error: --st needs frame numbers .*image_folder .* has none, e\.g\. \S+', err, re.M)
+    assert 'Start training' not in out
