@@ -47,9 +47,9 @@ import models
 import mtmc_scene
 import visualize
 from camera_transitions import TransitionFileError, TransitionModel
+from cluster import pairwise_scores
 from feature_extractor import FeatureExtractor
 from linking import link_tracklets
-from cluster import pairwise_scores
 from mtmc_eval import MultiCameraEvaluation, best_linking
 from mtmc_scene import InputError
 from tracklet_table import TrackletTable

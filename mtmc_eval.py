@@ -9,8 +9,8 @@ The tracker's boxes are fixed and only their identities change between linkings,
 matching is computed once (MultiCameraEvaluation) and each labelling of the tracklets is
 scored by relabelling the hypothesis ids of its events. Pairwise scores: cluster.pairwise_scores.
 """
-import numpy as np
 import motmetrics as mm
+import numpy as np
 
 __all__ = ['MultiCameraEvaluation', 'best_linking', 'FRAME_STRIDE', 'MIN_IOU']
 

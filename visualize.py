@@ -13,8 +13,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageOps
 
-from dataset_loader import read_image
 from checkpoints import write_atomic
+from dataset_loader import read_image
 
 __all__ = ['visrank', 'identity_strips', 'TrainingLog', 'TILE_SIZE', 'BORDER', 'COLOURS']
 
