@@ -57,6 +57,7 @@ from tracklet_table import TrackletTable
 SPLIT_DISTANCE = 0.15                     # default --split-distance (bench_mtmc.py --case scenes)
 THRESHOLDS = np.round(np.arange(0.05, 1.0001, 0.05), 2)  # --learn-transitions grid
 PRIOR_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5)
+PRIOR_WEIGHT = 0.1                        # default --prior-weight without calibration (bench_mtmc --case scenes)
 
 
 def split_distance(text):
@@ -72,7 +73,7 @@ def get_args_parser():
     parser.add_argument('--output', required=True, metavar='DIR', help='output folder')
     parser.add_argument('--gt', metavar='PATH', help='ground truth in each camera folder (e.g. gt/gt.txt): scores')
     parser.add_argument('--tracklets', metavar='FILE', help='link this saved tracklet table (no image is read)')
-    parser.add_argument('--threshold', type=float, help='average distance below which identities merge')
+    parser.add_argument('--threshold', type=float, metavar='D', help='average distance below which identities merge')
     model = parser.add_mutually_exclusive_group()
     model.add_argument('--learn-transitions', metavar='SCENE',
                        help='learn transitions from this labelled scene (its --gt, default gt/gt.txt) and calibrate '
@@ -80,17 +81,19 @@ def get_args_parser():
     model.add_argument('--transitions', metavar='FILE', help='a saved transition model (transitions.json)')
     parser.add_argument('--topology', metavar='FILE',
                         help='allowed camera pairs with min/max seconds (alone, or restricting --learn-transitions)')
-    parser.add_argument('--prior-weight', type=float,
-                        help='weight of the transition cost (default: calibrated with --learn-transitions, else 1)')
+    parser.add_argument('--prior-weight', type=float, metavar='W',
+                        help='weight of the transition cost (default: calibrated with --learn-transitions, else '
+                             f'{PRIOR_WEIGHT}, what calibration chose on generated scenes)')
     parser.add_argument('--disjoint-views', action='store_true', help='the cameras share no ground')
     parser.add_argument('--distance', choices=('cosine', 'jaccard'), default='cosine',
                         help='appearance distance: cosine, or the k-reciprocal Jaccard distance (default: %(default)s)')
     parser.add_argument('--time-offsets', metavar='FILE', help="clock offsets, 'c001 0.000' per line")
     parser.add_argument('--learn-time-offsets', metavar='FILE', help='clock offsets of the --learn-transitions scene')
-    parser.add_argument('--fps', type=float, help='frame rate of cameras that record none')
-    parser.add_argument('--boxes-per-tracklet', type=int, default=16, help='crops per track (default: %(default)s)')
-    parser.add_argument('--min-box-height', type=int, default=32, help='pixels (default: %(default)s)')
-    parser.add_argument('--max-occlusion', type=float, default=0.5,
+    parser.add_argument('--fps', type=float, metavar='F', help='frame rate of cameras that record none')
+    parser.add_argument('--boxes-per-tracklet', type=int, default=16, metavar='N',
+                        help='crops per track (default: %(default)s)')
+    parser.add_argument('--min-box-height', type=int, default=32, metavar='PX', help='pixels (default: %(default)s)')
+    parser.add_argument('--max-occlusion', type=float, default=0.5, metavar='F',
                         help='largest fraction of a box covered by a box in front (default: %(default)s)')
     parser.add_argument('--split-distance', type=split_distance, default=SPLIT_DISTANCE, metavar='D|off',
                         help='split a track where its appearance jumps by more than this cosine distance '
@@ -100,7 +103,8 @@ def get_args_parser():
                              'only for the cameras it was trained on')
     parser.add_argument('--pictures', type=int, default=200, metavar='N',
                         help='draw the N least certain identities of several tracklets (default: %(default)s)')
-    parser.add_argument('--batch-size', type=int, default=64, help='crops per forward pass (default: %(default)s)')
+    parser.add_argument('--batch-size', type=int, default=64, metavar='N',
+                        help='crops per forward pass (default: %(default)s)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
                         help='cpu, cuda or cuda:N (default: %(default)s)')
     return parser
@@ -302,7 +306,7 @@ def run(args):
     else:
         transitions = TransitionModel.load(args.transitions) if args.transitions else topology
         threshold = threshold if threshold is not None else recorded_threshold(checkpoint, args)
-    weight = 1.0 if weight is None else weight
+    weight = PRIOR_WEIGHT if weight is None else weight
 
     units, track_of_unit = scene_units(cameras, table)
     covered = np.isin(np.arange(len(table)), np.concatenate(units))
