@@ -66,7 +66,7 @@ from scipy.sparse.csgraph import connected_components
 
 import cluster
 
-__all__ = ['link_tracklets', 'candidate_pairs']
+__all__ = ['link_tracklets', 'PairRules', 'candidate_pairs']
 
 CHUNK_PAIRS = 1 << 22  # candidate pairs handled at once: ~100 MiB of index and distance arrays
 NEAREST_FLUSH = 1 << 23  # (row, neighbour) entries gathered before they are merged into the k1 lists
