@@ -137,6 +137,8 @@ def scene_units(cameras, table):
 
 
 def evaluation(cameras, units, gt):
+    """MultiCameraEvaluation of a scene's tracks, units as scene_units gives them, against the
+    ground truth file gt in each camera folder."""
     truth = mtmc_scene.read_scene_gt(cameras, gt)
     return MultiCameraEvaluation([c.name for c in cameras], truth, [c.tracks.frame for c in cameras],
                                  [c.tracks.boxes for c in cameras], units)
@@ -147,11 +149,16 @@ def unit_labels(global_id, num_units):
     return np.concatenate([global_id, global_id.max(initial=-1) + 1 + np.arange(num_units - len(global_id))])
 
 
-def calibrate(args, extractor, topology):
+def calibrate(args, extractor, topology, camera_names):
     """(transition model, threshold, prior weight) learnt on the labelled --learn-transitions scene:
     the model from its ground truth, the threshold and weight of the best multi-camera IDF1 of its
-    tracks (a given --threshold or --prior-weight is kept)."""
+    tracks (a given --threshold or --prior-weight is kept). camera_names: the cameras to link,
+    which the scene must have."""
     cameras = mtmc_scene.read_scene(args.learn_transitions, args.tracks, args.fps, args.learn_time_offsets)
+    unknown = sorted(set(camera_names) - {c.name for c in cameras})
+    if unknown:
+        raise InputError(f'--learn-transitions {args.learn_transitions}: has no camera {", ".join(unknown)} of '
+                         f'--scene {args.scene}; learn on a labelled scene of the same cameras')
     gt = args.gt or 'gt/gt.txt'
     truth = mtmc_scene.read_scene_gt(cameras, gt)
     transitions = TransitionModel.fit_mot({name: np.stack(t[:2], axis=1) for name, t in truth.items()},
@@ -302,7 +309,7 @@ def run(args):
     if args.learn_transitions:
         if extractor is None:
             raise InputError('--learn-transitions extracts tracklet features of its scene: pass --resume CKPT')
-        transitions, threshold, weight = calibrate(args, extractor, topology)
+        transitions, threshold, weight = calibrate(args, extractor, topology, [c.name for c in cameras])
     else:
         transitions = TransitionModel.load(args.transitions) if args.transitions else topology
         threshold = threshold if threshold is not None else recorded_threshold(checkpoint, args)

@@ -65,7 +65,7 @@ def test_scene_reading(tiny_scene, tmp_path):
 
 
 @pytest.mark.parametrize('case', ['no frames', 'no tracks', 'fields', 'outside', 'missing frame', 'offsets',
-                                  'feature size', 'no threshold'])
+                                  'feature size', 'no threshold', 'learning cameras'])
 def test_bad_input(tiny_scene, tmp_path, random_checkpoint, monkeypatch, capsys, case):
     """Each bad input is one line naming the file (and line), and nothing is written."""
     tracks = tiny_scene / 'c002' / 'tracks.txt'
@@ -94,6 +94,10 @@ def test_bad_input(tiny_scene, tmp_path, random_checkpoint, monkeypatch, capsys,
                       np.eye(2, 8, dtype=np.float32)).save(tmp_path / 't.npz')
         args += ['--tracklets', tmp_path / 't.npz']
         expected = '--tracklets ' + re.escape(str(tmp_path / 't.npz')) + r': features are 8-d, expected \d+-d'
+    elif case == 'learning cameras':
+        write_camera(tmp_path / 'other' / 'c001', ['1,1,10,5,10,30,0.9,-1,-1,-1'])
+        args += ['--learn-transitions', tmp_path / 'other']
+        expected = '--learn-transitions ' + re.escape(str(tmp_path / 'other')) + ': has no camera c002 of --scene'
     else:
         args = ['--scene', tiny_scene, '--tracklets', tmp_path / 't.npz', '--output', tmp_path / 'out']
         TrackletTable(['c001', 'c002'], [0, 1], [1, 4], [0, 0], [1, 3], [2, 4], [0, .3], [.1, .4], [2, 2],
