@@ -199,12 +199,11 @@ def list_frames(image_dir, extension):
     return frames
 
 
-def read_gt(path):
-    """Rows of a MOTChallenge gt.txt: (frame, id, x, y, w, h, flag, class, visibility), the
-    last three None where the line has no such column or a negative class or visibility."""
-    if not os.path.isfile(path):
-        raise InputError(f'{path}: no such file; each sequence needs its ground truth gt/gt.txt '
-                         f'(test splits ship none: convert train or val sequences)')
+def read_mot_rows(path, what, max_fields=10):
+    """[(line number, values)] of a MOTChallenge text file: frame, id, left, top, width, height,
+    then up to max_fields - 6 more numbers, as floats. One-line InputError naming the file and
+    line for a row that is not numeric or has too few or too many fields (`what` says what the
+    fields are), or a (frame, id) given twice."""
     rows, seen = [], set()
     with open(path) as f:
         for number, line in enumerate(f, 1):
@@ -212,21 +211,34 @@ def read_gt(path):
                 continue
             try:
                 values = [float(v) for v in line.strip().rstrip(',').split(',')]
-                if len(values) < 6:
+                if not 6 <= len(values) <= max_fields:
                     raise ValueError
             except ValueError:
                 raise InputError(f'{path}, line {number}: {line.strip()!r} is not a MOTChallenge row '
-                                 f'(frame, id, x, y, w, h[, flag, class, visibility])') from None
-            values += [None] * (9 - len(values))
+                                 f'({what})') from None
             frame, track = int(values[0]), int(values[1])
             if (frame, track) in seen:
                 raise InputError(f'{path}, line {number}: track {track} appears twice in frame {frame}; '
-                                 f'fix the ground truth (one box per track and frame)')
+                                 f'fix the file (one box per track and frame)')
             seen.add((frame, track))
-            flag = values[6]
-            cls = int(values[7]) if values[7] is not None and values[7] >= 0 else None
-            visibility = values[8] if values[8] is not None and values[8] >= 0 else None
-            rows.append((frame, track, *values[2:6], flag, cls, visibility))
+            rows.append((number, values))
+    return rows
+
+
+def read_gt(path):
+    """Rows of a MOTChallenge gt.txt: (frame, id, x, y, w, h, flag, class, visibility), the
+    last three None where the line has no such column or a negative class or visibility."""
+    if not os.path.isfile(path):
+        raise InputError(f'{path}: no such file; each sequence needs its ground truth gt/gt.txt '
+                         f'(test splits ship none: convert train or val sequences)')
+    rows = []
+    for _, values in read_mot_rows(path, 'frame, id, x, y, w, h[, flag, class, visibility]'):
+        values += [None] * (9 - len(values))
+        frame, track = int(values[0]), int(values[1])
+        flag = values[6]
+        cls = int(values[7]) if values[7] is not None and values[7] >= 0 else None
+        visibility = values[8] if values[8] is not None and values[8] >= 0 else None
+        rows.append((frame, track, *values[2:6], flag, cls, visibility))
     return rows
 
 

@@ -1,5 +1,7 @@
-"""Pictures of a model's behaviour: ranked lists per query (visrank) and training curves
-(TrainingLog, with the same numbers in metrics.jsonl and optionally TensorBoard)."""
+"""Pictures of a model's behaviour: ranked lists per query (visrank), identities linked across
+cameras (identity_strips) and training curves (TrainingLog, with the same numbers in
+metrics.jsonl and optionally TensorBoard)."""
+import html
 import json
 import math
 import os
@@ -11,16 +13,17 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageOps
 
-from dataset_loader import read_image
 from checkpoints import write_atomic
+from dataset_loader import read_image
 
-__all__ = ['visrank', 'TrainingLog', 'TILE_SIZE', 'BORDER', 'COLOURS']
+__all__ = ['visrank', 'identity_strips', 'TrainingLog', 'TILE_SIZE', 'BORDER', 'COLOURS']
 
 TILE_SIZE = (64, 128)   # (width, height) of each image in a ranked list
 BORDER = 4              # frame width in pixels
 LABEL_HEIGHT = 14       # text line under each tile
 GAP = 12                # between the query and its ranked list
-COLOURS = {'match': (0, 200, 0), 'wrong': (220, 0, 0), 'junk': (150, 150, 150), 'query': (0, 0, 0)}
+COLOURS = {'match': (0, 200, 0), 'wrong': (220, 0, 0), 'junk': (150, 150, 150), 'query': (0, 0, 0),
+           'unknown': (0, 0, 0)}
 INDEX_ROWS = 20         # queries in the index picture
 
 
@@ -40,14 +43,14 @@ def _tile(image, colour, label):
     return tile
 
 
-def _strip(tiles):
-    """Tiles side by side, a GAP after the first one (the query)."""
-    width = sum(t.width for t in tiles) + GAP
+def _strip(tiles, gap=GAP):
+    """Tiles side by side, `gap` pixels after the first one (the query)."""
+    width = sum(t.width for t in tiles) + gap
     strip = Image.new('RGB', (width, tiles[0].height), 'white')
     x = 0
     for i, tile in enumerate(tiles):
         strip.paste(tile, (x, 0))
-        x += tile.width + (GAP if i == 0 else 0)
+        x += tile.width + (gap if i == 0 else 0)
     return strip
 
 
@@ -103,6 +106,29 @@ def visrank(dist, query_indices, query, gallery, q_pids, g_pids, q_camids, g_cam
         path = os.path.join(save_dir, 'index.png')
         write_atomic(path, lambda f: index.save(f, format='PNG'))
         paths.append(path)
+    return paths
+
+
+def identity_strips(identities, save_dir):
+    """Pictures of linked identities: one PNG strip per identity and index.html showing them in
+    the order given (put the least certain first). Returns the written paths, the index last.
+
+    identities: [(name, caption, tiles)]: name, a file name stem; caption, a line of text for
+    the index; tiles: [(image, label, kind)] in time order: a PIL image, the text under it and
+    a COLOURS key for its frame ('match' / 'wrong' against ground truth, 'unknown' without)."""
+    os.makedirs(save_dir, exist_ok=True)
+    paths, rows = [], []
+    for name, caption, tiles in identities:
+        strip = _strip([_tile(image, COLOURS[kind], label) for image, label, kind in tiles], gap=0)
+        path = os.path.join(save_dir, f'{name}.png')
+        write_atomic(path, lambda f: strip.save(f, format='PNG'))
+        paths.append(path)
+        rows.append(f'<p>{html.escape(caption)}<br><img src="{html.escape(name)}.png"></p>')
+    page = '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Linked identities</title></head><body>\n' \
+           + '\n'.join(rows) + '\n</body></html>\n'
+    path = os.path.join(save_dir, 'index.html')
+    write_atomic(path, lambda f: f.write(page.encode()))
+    paths.append(path)
     return paths
 
 

@@ -1,5 +1,8 @@
-"""Multi-camera linking (linking.py): its cost at scale from tracklet tables alone.
+"""Multi-camera linking (linking.py, link_cameras.py): what each part of the recipe adds on generated
+scenes, and its cost at scale from tracklet tables alone.
 
+    python benchmarks/bench_mtmc.py --case scenes                      # 3 generated scenes, a model trained here
+    python benchmarks/bench_mtmc.py --case scenes --resume CKPT --seeds 1 2 3 4 5
     python benchmarks/bench_mtmc.py --case scale                       # 10k and 100k tracklets, 100 cameras
     python benchmarks/bench_mtmc.py --case scale --sizes 1000000       # 1M (about 83 hours of 100 cameras)
     python benchmarks/bench_mtmc.py --case scale --transitions routes  # the generator's own windows
@@ -23,21 +26,40 @@ memory during it (the kernel's VmHWM, reset just before; the table is included),
 pairs per tracklet, and the pairwise F1 of the result against the true identities (a check
 that the linking does its job, not a quality claim). Time per tracklet across sizes shows how
 the cost grows: flat is linear.
+
+--case scenes: synthetic_mtmc.make_scene scenes (--seeds, --people, --seconds, 4 cameras, a
+simulated tracker's fragmented tracks with swaps), tracklet features from a model trained here on
+other people (make_train_set under the cameras of scene seed 1, not those of other seeds;
+timm:resnet18 at 64x32, --epochs; or --resume). Multi-camera IDF1 (motmetrics, all cameras
+jointly) of: no linking (every track its own identity); appearance with the same-camera rule
+only; the plain recipe (+ time gates: the transition model learnt from the scene's ground truth,
+prior weight 0); + splitting tracks at appearance jumps (each --split-distances); + the
+transition prior (weight calibrated); + the Jaccard distance. Each variant is scored at its best
+threshold (and prior weight) on the scene itself, so each figure is that variant's ceiling and
+the comparison is between variants.
 """
 import argparse
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, '..'))
+REPO = os.path.join(HERE, '..')
+sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
+import link_cameras  # noqa: E402
 import linking  # noqa: E402
+import mtmc_scene  # noqa: E402
+import synthetic_mtmc  # noqa: E402
 from bench_rerank import reset_peak_rss, rss_mib  # noqa: E402
 from camera_transitions import TransitionModel  # noqa: E402
 from cluster import pairwise_scores  # noqa: E402
+from feature_extractor import FeatureExtractor  # noqa: E402
+from mtmc_eval import best_linking  # noqa: E402
 from tracklet_table import TrackletTable  # noqa: E402
 
 FPS = 10.0
@@ -46,6 +68,7 @@ TRANSIT_SPREAD = (0.8, 1.25)  # x the link's transit time
 BROKEN_STAYS = 0.3          # fraction of stays that the single-camera tracker breaks in two
 PIECE_GAP = (0.5, 3.0)      # seconds between the two pieces of a broken stay
 ROUTE_CAMERAS = 4           # at most, per person
+SCENE_MODEL_SEED = 1        # the training set's cameras: those of scene seed 1, not of the others
 PRIOR_SCALE = 0.1           # cost at the edge of a window (0 at its middle)
 
 
@@ -196,7 +219,76 @@ def scale(args):
         del table, global_id
 
 
-CASES = {'scale': scale}
+def train_scene_model(save_dir, epochs):
+    """A model trained briefly on other people seen by the scenes' cameras (64x32, timm:resnet18);
+    its best_model.pth.tar."""
+    train = os.path.join(save_dir, 'train')
+    synthetic_mtmc.make_train_set(train, seed=SCENE_MODEL_SEED)
+    subprocess.run([sys.executable, os.path.join(REPO, 'train_img_model_xent_htri.py'), '-d', 'image_folder',
+                    '--root', train, '-a', 'timm:resnet18', '--height', '64', '--width', '32', '--no-pretrained',
+                    '--workers', '0', '--lr', '1e-3', '--stepsize', str(max(1, epochs * 3 // 4)),
+                    '--max-epoch', str(epochs), '--print-freq', '100', '--save-dir', os.path.join(save_dir, 'model')],
+                   check=True, stdout=subprocess.DEVNULL)
+    return os.path.join(save_dir, 'model', 'best_model.pth.tar')
+
+
+def scene_variants(scene, extractor, split_distances):
+    """{variant: (multi-camera IDF1, threshold, prior weight)} of one generated scene, each
+    linking variant at its best threshold (and prior weight) on the scene itself."""
+    cameras = mtmc_scene.read_scene(scene)
+    truth = mtmc_scene.read_scene_gt(cameras)
+    learnt = TransitionModel.fit_mot({name: np.stack(t[:2], axis=1) for name, t in truth.items()},
+                                     {c.name: c.fps for c in cameras})
+    results = {}
+
+    def calibrated(name, table, transitions=None, weights=(0.0,), distance='cosine'):
+        units, track_of_unit = link_cameras.scene_units(cameras, table)
+        evaluation = link_cameras.evaluation(cameras, units, 'gt/gt.txt')
+        if transitions is None and distance == 'none':
+            results[name] = (evaluation.scores(track_of_unit, per_camera=False)['all']['idf1'], None, None)
+            return
+        threshold, weight, idf1, _ = best_linking(
+            lambda labels: evaluation.scores(labels, per_camera=False)['all']['idf1'],
+            lambda t, w: link_cameras.unit_labels(linking.link_tracklets(table, t, transitions, w, distance=distance),
+                                                  len(track_of_unit)),
+            link_cameras.THRESHOLDS, weights)
+        results[name] = (idf1, threshold, weight)
+
+    tables = {d: mtmc_scene.tracklet_features(cameras, extractor, split_distance=d)[0] for d in split_distances}
+    plain, split = tables[None], tables[link_cameras.SPLIT_DISTANCE]
+    calibrated('no linking', plain, distance='none')
+    calibrated('appearance + same-camera rule', plain)
+    calibrated('plain recipe (+ time gates)', plain, learnt)
+    for d in split_distances[1:]:
+        calibrated(f'+ splitting at {d:g}', tables[d], learnt)
+    calibrated(f'+ transition prior (split {link_cameras.SPLIT_DISTANCE:g})', split, learnt, link_cameras.PRIOR_WEIGHTS)
+    calibrated('+ Jaccard distance', split, learnt, link_cameras.PRIOR_WEIGHTS, 'jaccard')
+    return results
+
+
+def scenes(args):
+    """Multi-camera IDF1 of the linking recipe and each addition on generated scenes."""
+    with tempfile.TemporaryDirectory() as work:
+        checkpoint = args.resume or train_scene_model(work, args.epochs)
+        extractor = FeatureExtractor(checkpoint)
+        split_distances = [None] + sorted(set(args.split_distances) | {link_cameras.SPLIT_DISTANCE})
+        table = {}
+        for seed in args.seeds:
+            scene = os.path.join(work, f'scene{seed}')
+            synthetic_mtmc.make_scene(scene, num_people=args.people, seconds=args.seconds, seed=seed)
+            for name, result in scene_variants(scene, extractor, split_distances).items():
+                table.setdefault(name, []).append(result)
+            print(f'scene seed {seed}: ' + ', '.join(f'{name} {r[-1][0]:.1%}' for name, r in table.items()), flush=True)
+    print(f'Multi-camera IDF1 on {len(args.seeds)} generated scenes ({args.people} people, {args.seconds:g} s, 4 '
+          f'cameras), each variant at its best threshold / prior weight on the scene:')
+    for name, results in table.items():
+        idf1 = np.array([r[0] for r in results])
+        settings = '' if results[0][1] is None else '  (threshold ' + ', '.join(
+            f'{r[1]:g}' + (f'/w {r[2]:g}' if r[2] else '') for r in results) + ')'
+        print(f'  {name:<34} mean {idf1.mean():6.1%}  per scene {" ".join(f"{v:6.1%}" for v in idf1)}{settings}')
+
+
+CASES = {'scale': scale, 'scenes': scenes}
 
 
 def main():
@@ -216,6 +308,14 @@ def main():
     parser.add_argument('--transitions', choices=('learnt', 'routes'), default='learnt',
                         help='learnt: camera_transitions.TransitionModel fit on an hour of another scene; '
                              "routes: the generator's windows (scale)")
+    parser.add_argument('--seeds', type=int, nargs='+', default=[1, 2, 3], help='generated scenes (scenes)')
+    parser.add_argument('--people', type=int, default=12, help='people per scene (scenes)')
+    parser.add_argument('--seconds', type=float, default=40.0, help='length of a scene (scenes)')
+    parser.add_argument('--resume', metavar='CKPT', help='model for the tracklet features (scenes; default: '
+                                                         'trained here)')
+    parser.add_argument('--epochs', type=int, default=20, help='training epochs of that model (scenes)')
+    parser.add_argument('--split-distances', type=float, nargs='+', default=[0.1, 0.15, 0.3],
+                        help='--split-distance values compared (scenes)')
     args = parser.parse_args()
     CASES[args.case](args)
 

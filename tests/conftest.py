@@ -100,6 +100,19 @@ def run_script(script, *args, check=True, timeout=600):
     return result
 
 
+def run_main(module, monkeypatch, capsys, *args):
+    """A command-line tool's main() in-process, as `python <module>.py ARGS` runs it: (exit
+    status, stdout, stderr)."""
+    monkeypatch.setattr(sys, 'argv', [f'{module.__name__}.py', *map(str, args)])
+    status = 0
+    try:
+        module.main()
+    except SystemExit as error:
+        status = error.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
 def parse_results(stdout):
     """[(mAP, rank1)] in percent, one per printed 'Results' block."""
     maps = [float(x) for x in re.findall(r'^mAP: ([\d.]+)%', stdout, re.M)]

@@ -20,7 +20,7 @@ import model_config
 import models
 import synthetic_data
 import train_img_model_xent
-from conftest import FAST, run_script
+from conftest import FAST, run_main, run_script
 from dataset_loader import ImageDataset, VideoDataset
 from eval_metrics import evaluate_features, squared_euclidean
 from feature_extractor import FeatureExtractor, feature_net
@@ -167,14 +167,7 @@ def test_api_video_pools_as_testing(tmp_path, test_sample):
 
 def run_command(monkeypatch, capsys, *args):
     """extract_features.py in-process: (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, 'argv', ['extract_features.py', *map(str, args)])
-    status = 0
-    try:
-        extract_features.main()
-    except SystemExit as error:
-        status = error.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
+    return run_main(extract_features, monkeypatch, capsys, *args)
 
 
 def test_command_formats_list_and_bad_images(root, checkpoint, command_features, tmp_path, monkeypatch, capsys):
