@@ -8,8 +8,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import data_manager
-import options
 import distributed
+import options
 from options import UsageError
 from samplers import RandomIdentitySampler, ShuffleSampler
 from transforms import build_transforms

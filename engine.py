@@ -28,8 +28,7 @@ import utils
 import visualize
 import weights
 from dataset_loader import ImageReadError, build_loaders, check_train_batch, load_datasets
-from eval_metrics import (NoValidQueryError, evaluate_blocks, evaluate_features, format_verification,
-                          pairwise_distance)
+from eval_metrics import NoValidQueryError, evaluate_blocks, evaluate_features, format_verification, pairwise_distance
 from losses import DistillationLoss
 from options import UsageError
 from transforms import normalize

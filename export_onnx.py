@@ -30,7 +30,6 @@ guess an architecture from the file name.
 """
 import argparse
 import json
-import os
 import sys
 
 import numpy as np

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 import checkpoints
-import utils
-from dataset_loader import ImageReadError, read_image
 import models
 import options
+import utils
+from dataset_loader import ImageReadError, read_image
 from feature_extractor import FeatureExtractor, pretrained_checkpoint
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')

@@ -24,8 +24,14 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests'))
 from bench_rerank import reset_peak_rss, rss_mib  # noqa: E402
-from eval_metrics import (VERIFICATION_FPRS, Reiterable, evaluate, evaluate_blocks,  # noqa: E402
-                          format_verification, squared_euclidean)
+from eval_metrics import (  # noqa: E402
+    VERIFICATION_FPRS,
+    Reiterable,
+    evaluate,
+    evaluate_blocks,
+    format_verification,
+    squared_euclidean,
+)
 from reference_metrics import reference_evaluate  # noqa: E402
 
 

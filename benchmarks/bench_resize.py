@@ -16,10 +16,12 @@ import os
 import tempfile
 
 import numpy as np
-# First: it puts the repository on sys.path; the same training flags and the same evaluation.
-from bench_distillation import measure, train
+
 import data_manager  # noqa: E402
 import synthetic_data  # noqa: E402
+
+# First: it puts the repository on sys.path; the same training flags and the same evaluation.
+from bench_distillation import measure, train
 from checkpoints import load_checkpoint  # noqa: E402
 from feature_extractor import FeatureExtractor  # noqa: E402
 from transforms import RESIZE_MODES  # noqa: E402

@@ -14,7 +14,7 @@ directory listings only: no image is opened or stat-ed here.
 """
 from ._common import DatasetError, ReidDataset
 from .folders import CombinedDataset, ImageFolder, VideoFolder, combine_train
-from .images import CUHK03, MSMT17, DukeMTMCreID, Market1501, extract_cuhk03_images, cuhk03_image_name
+from .images import CUHK03, MSMT17, DukeMTMCreID, Market1501, cuhk03_image_name, extract_cuhk03_images
 from .videos import ILIDSVID, PRID2011, DukeMTMCVidReID, Mars, mars_folder
 
 __all__ = ['DatasetError', 'ReidDataset', 'Market1501', 'DukeMTMCreID', 'CUHK03', 'MSMT17', 'Mars',

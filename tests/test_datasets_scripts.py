@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
+import synthetic_data
 import train_vid_model_xent
 from conftest import FAST, parse_results, run_script
-import synthetic_data
 
 
 @pytest.fixture(scope='module')

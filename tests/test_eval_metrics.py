@@ -3,8 +3,16 @@ import pytest
 import torch
 
 import eval_metrics
-from eval_metrics import (NoValidQueryError, ReIDMetrics, evaluate, evaluate_blocks, evaluate_features,
-                          format_verification, pairwise_distance, squared_euclidean)
+from eval_metrics import (
+    NoValidQueryError,
+    ReIDMetrics,
+    evaluate,
+    evaluate_blocks,
+    evaluate_features,
+    format_verification,
+    pairwise_distance,
+    squared_euclidean,
+)
 from reference_metrics import reference_evaluate, reference_verification
 
 

@@ -1,8 +1,8 @@
 from collections import Counter
 from types import SimpleNamespace
 
-import pytest
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler

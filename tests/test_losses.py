@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from losses import CrossEntropyLabelSmooth, TripletLoss, ReIDLoss
+from losses import CrossEntropyLabelSmooth, ReIDLoss, TripletLoss
 
 
 def reference_label_smooth(logits, targets, epsilon):

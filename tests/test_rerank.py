@@ -4,8 +4,8 @@ import torch
 
 import rerank
 from eval_metrics import evaluate, evaluate_blocks
-from rerank import re_ranking, re_ranking_features
 from reference_rerank import reference_re_ranking
+from rerank import re_ranking, re_ranking_features
 
 
 def euclidean(a, b):

@@ -80,7 +80,7 @@ def test_resume_continues_and_is_exact(synthetic_root, tmp_path):
 
     def lines(stdout):
         # Batch lines without their timing (images/s, ETA): what was computed, not how fast.
-        return [l.split('\t')[:2] for l in stdout.splitlines() if l.startswith(('Batch', 'mAP', 'Rank-'))]
+        return [line.split('\t')[:2] for line in stdout.splitlines() if line.startswith(('Batch', 'mAP', 'Rank-'))]
     assert lines(full.stdout) == lines(first.stdout) + lines(second.stdout)
     a = torch.load(tmp_path / 'a' / 'checkpoint_ep4.pth.tar', weights_only=True)
     b = torch.load(tmp_path / 'b' / 'checkpoint_ep4.pth.tar', weights_only=True)
@@ -131,5 +131,5 @@ def test_progress_lines(trained, capsys):
     loader = torch.utils.data.DataLoader([(torch.randn(3, 64, 32), 0, 0)] * 6, batch_size=2)
     engine.extract_features(model, loader, torch.device('cpu'), split='gallery', every=0)
     lines = capsys.readouterr().out.splitlines()
-    assert [l.split(',')[0] for l in lines] == ['  gallery features: 2/6', '  gallery features: 4/6']
-    assert all(re.search(r'[\d.]+/s, ETA \d+:\d\d:\d\d$', l) for l in lines)
+    assert [line.split(',')[0] for line in lines] == ['  gallery features: 2/6', '  gallery features: 4/6']
+    assert all(re.search(r'[\d.]+/s, ETA \d+:\d\d:\d\d$', line) for line in lines)

@@ -60,7 +60,9 @@ def _fail(path, message):
 
 
 def _era(state, path):
-    has = lambda prefix: any(k.startswith(prefix) for k in state)
+    def has(prefix):
+        return any(k.startswith(prefix) for k in state)
+
     if has('heads.bnneck.'):
         if has('heads.bottleneck.'):
             _fail(path, "heads.bottleneck.* next to heads.bnneck.*: fast-reid v0.1's ReductionHead (an embedding "
