@@ -95,7 +95,7 @@ def sidecar(config, height, width, feat_dim, thresholds=None):
     """BoxMOT's `<file>.metadata.json` (schema 1): the crop size and resize, no model name (BoxMOT
     would build its own architecture of that name), what the features are, and the cosine-
     distance thresholds of the checkpoint's last evaluation ({str(fpr): distance}), from which a
-    tracker's appearance threshold is set (see the README)."""
+    tracker's appearance threshold is set (see docs/using-a-model.md)."""
     return {'appearance_thresholds': thresholds or {}, 'schema_version': 1, 'model_name': None, 'model_kwargs_schema_version': 1,
             'model_kwargs': {'img_size': [height, width]}, 'img_size': [height, width], 'preprocess': 'resize',
             'trained_resize': config['resize_mode'],

@@ -265,7 +265,7 @@ def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False
                           help='soft-margin triplet loss, log(1 + exp(d_ap - d_an)), instead of --margin '
                                '(TransReID) (default: off)')
 
-    kd = parser.add_argument_group('knowledge distillation from a frozen teacher (README: Distillation)')
+    kd = parser.add_argument_group('knowledge distillation from a frozen teacher (docs/training.md: Distillation)')
     kd.add_argument('--teacher', metavar='CKPT',
                     help='a checkpoint of this repo (any architecture and feature size) as a frozen teacher, run on '
                          'each training batch; its path and SHA-256 are recorded in the checkpoints, and resuming '
@@ -304,7 +304,7 @@ def get_args_parser(description, *, max_epoch, stepsize, test_batch, video=False
                       help='random initialisation instead of pretrained weights (no download)')
     arch.add_argument('--pretrained-path', metavar='PATH',
                       help='local pretrained weights: torchvision / timm ImageNet, LUPerson, IBN-Net, TransReID(-SSL), '
-                           'PersonViT, SOLIDER, CLIP or CLIP-ReID files, recognised and converted (see the README)')
+                           'PersonViT, SOLIDER, CLIP or CLIP-ReID files, recognised and converted (see docs/weights.md)')
     arch.add_argument('--pretrained-grid', type=pretrained_grid, metavar='ROWSxCOLS',
                       help='the patch grid of the --pretrained-path position table when it cannot be recognised')
     arch.add_argument('--pixel-mean', type=float, nargs=3, metavar=('R', 'G', 'B'),

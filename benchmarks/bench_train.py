@@ -12,7 +12,7 @@ N workers feed at most N times that. Images are Market-1501-sized JPEGs (128 x 6
 here), trained at --height x --width. The workers hand over uint8 images (transforms.normalize
 runs on the device); the 'before' row is the same work with the float conversion and
 normalisation in the worker. The torchvision.io rows are for comparison: the loader keeps PIL
-(torchvision deprecated its image decoders in 0.29 for TorchCodec; see the README).
+(torchvision deprecated its image decoders in 0.29 for TorchCodec; see docs/benchmarks.md).
 The DataLoader rows are the real loader with N worker processes, after its first batch.
 The step rows time the model of each --arch (default ResNet-50; transformers built for
 --height x --width) on random uint8 batches already on the device (normalisation and the train

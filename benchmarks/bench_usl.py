@@ -18,7 +18,7 @@ Adaptation: two generated Market-1501 domains (synthetic_data.make_market1501, d
 for B); a model trained with labels on A is evaluated on B (direct transfer), adapted on B's
 unlabelled training images from that checkpoint, and compared with supervised training on B.
 Prints each mAP / Rank-1, the margin of adaptation over direct transfer and the pseudo labels'
-pairwise F1 against B's identities at every epoch. The defaults are the README's run; the
+pairwise F1 against B's identities at every epoch. The defaults are docs/benchmarks.md's run; the
 short version in tests/test_usl.py is a smaller one (40 identities, fewer epochs).
 """
 import argparse
@@ -106,7 +106,7 @@ def adaptation(args):
                      '--save-dir', os.path.join(work, 'sup_A'))
     direct = run('train_img_model_xent.py', *common, '--root', os.path.join(work, 'B'), '--evaluate', '--resume',
                  checkpoint, '--save-dir', os.path.join(work, 'direct'))
-    # No random erasing: with the script's 0.5 the adapted model gained less than half as much here (README).
+    # No random erasing: with the script's 0.5 the adapted model gained less than half as much here (docs/benchmarks.md).
     adapted = run('train_img_model_usl.py', *common, '--root', os.path.join(work, 'B'), '--resume', checkpoint,
                   '--max-epoch', str(args.usl_epochs), '--train-batch', str(args.usl_batch), '--num-instances', '4',
                   '--iters', str(args.iters), '--cluster-k1', str(args.cluster_k1), '--cluster-k2',

@@ -127,7 +127,7 @@ def init_model(name, num_classes, loss=('xent',), pretrained=True, pretrained_pa
     if pretrained and name not in _CLASSIC:
         raise PretrainedWeightsError(
             f'-a {name}: no weights are downloaded for it; pass --pretrained-path FILE (ImageNet or person-pretrained '
-            f'weights, see the README) or train from random initialisation with --no-pretrained')
+            f'weights, see docs/weights.md) or train from random initialisation with --no-pretrained')
     return _with_report(model, None)
 
 

@@ -24,7 +24,7 @@ def test_bench_train_prints_every_row():
 
 def test_check_boxmot_says_how_to_install_boxmot(tmp_path):
     """BoxMOT is not a requirement: without it the check names what to install (the check itself
-    runs in BoxMOT's environment; its figures are in the README)."""
+    runs in BoxMOT's environment; its figures are in docs/using-a-model.md)."""
     try:
         import boxmot  # noqa: F401
         pytest.skip('BoxMOT is installed here: the message is for environments without it')

@@ -400,7 +400,7 @@ def test_tracklet_keys():
 
 
 def test_adaptation_beats_direct_transfer(tmp_path, monkeypatch):
-    """The short version of benchmarks/bench_usl.py --case adaptation (README: Benchmarks): a model
+    """The short version of benchmarks/bench_usl.py --case adaptation (docs/benchmarks.md): a model
     trained with labels on generated domain A loses clearly on domain B (the shift of
     synthetic_data --domain-shift 0.5); adapted on B's unlabelled training images from its
     checkpoint, it beats that direct transfer clearly on B's test split, and the pseudo labels
