@@ -149,13 +149,21 @@ def unit_labels(global_id, num_units):
     return np.concatenate([global_id, global_id.max(initial=-1) + 1 + np.arange(num_units - len(global_id))])
 
 
-def calibrate(args, extractor, topology, camera_names):
+def calibrate(args, extractor, topology, linked_cameras, linked_table):
     """(transition model, threshold, prior weight) learnt on the labelled --learn-transitions scene:
     the model from its ground truth, the threshold and weight of the best multi-camera IDF1 of its
-    tracks (a given --threshold or --prior-weight is kept). camera_names: the cameras to link,
-    which the scene must have."""
-    cameras = mtmc_scene.read_scene(args.learn_transitions, args.tracks, args.fps, args.learn_time_offsets)
-    unknown = sorted(set(camera_names) - {c.name for c in cameras})
+    tracks (a given --threshold or --prior-weight is kept). linked_cameras, linked_table: the
+    scene to link, which the learning scene must cover, and its tracklet table (None when read
+    from --tracklets); when the learning scene is that very scene on the same clock, both are
+    reused rather than read and extracted a second time."""
+    same_scene = (linked_table is not None and os.path.isdir(args.learn_transitions)
+                  and os.path.samefile(args.learn_transitions, args.scene)
+                  and args.learn_time_offsets == args.time_offsets)
+    if same_scene:
+        cameras, table = linked_cameras, linked_table
+    else:
+        cameras = mtmc_scene.read_scene(args.learn_transitions, args.tracks, args.fps, args.learn_time_offsets)
+    unknown = sorted({c.name for c in linked_cameras} - {c.name for c in cameras})
     if unknown:
         raise InputError(f'--learn-transitions {args.learn_transitions}: has no camera {", ".join(unknown)} of '
                          f'--scene {args.scene}; learn on a labelled scene of the same cameras')
@@ -164,8 +172,9 @@ def calibrate(args, extractor, topology, camera_names):
     transitions = TransitionModel.fit_mot({name: np.stack(t[:2], axis=1) for name, t in truth.items()},
                                           {c.name: c.fps for c in cameras}, {c.name: c.offset for c in cameras},
                                           topology=topology)
-    print(f'Learning on {args.learn_transitions}: tracklet features')
-    table, _ = scene_features(cameras, extractor, args)
+    if not same_scene:
+        print(f'Learning on {args.learn_transitions}: tracklet features')
+        table, _ = scene_features(cameras, extractor, args)
     units, track_of_unit = scene_units(cameras, table)
     scenes = evaluation(cameras, units, gt)
 
@@ -309,7 +318,8 @@ def run(args):
     if args.learn_transitions:
         if extractor is None:
             raise InputError('--learn-transitions extracts tracklet features of its scene: pass --resume CKPT')
-        transitions, threshold, weight = calibrate(args, extractor, topology, [c.name for c in cameras])
+        transitions, threshold, weight = calibrate(args, extractor, topology, cameras,
+                                                    None if args.tracklets else table)
     else:
         transitions = TransitionModel.load(args.transitions) if args.transitions else topology
         threshold = threshold if threshold is not None else recorded_threshold(checkpoint, args)
