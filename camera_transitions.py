@@ -152,6 +152,7 @@ class TransitionModel:
         self.forbid_unlisted = bool(forbid_unlisted)
         self._profiles = {}  # (a, b, widening) -> (origin, cost per bin) of cost()
         self._table = None   # st_probability's padded (C * C, K) lookup
+        self._unobserved = None  # _unobserved_window(), once asked for
 
     # ---- learning -------------------------------------------------------------------------
     @classmethod
@@ -294,7 +295,10 @@ class TransitionModel:
         return self.widening.get(self._name(a), 0.0) + self.widening.get(self._name(b), 0.0)
 
     def _unobserved_window(self):
-        return min(d.lo for d in self.pairs.values()), max(d.hi for d in self.pairs.values())
+        """The widest known window, computed once: cost() asks for it per call and pair."""
+        if self._unobserved is None:
+            self._unobserved = min(d.lo for d in self.pairs.values()), max(d.hi for d in self.pairs.values())
+        return self._unobserved
 
     def window(self, a, b, widen=None):
         """(lo, hi) seconds allowed between the end of a tracklet in a and the start of a
