@@ -31,16 +31,17 @@ import re
 
 import torch
 
-from .core import PretrainedWeightsError, register_source
-from .fastreid import _pixel_statistics  # eras A and B's normalisation buffers, as for Baselines
+from .core import register_source
+
+# The Baseline converter's pieces MGN files share: the error, the BN-neck's tensors, eras A and B's
+# normalisation buffers.
+from .fastreid import _NECK_TENSORS, _PIXEL, _fail, _pixel_statistics
 
 __all__ = ['ARCH', 'FEATURE_ORDER', 'recognise', 'to_checkpoint']
 
 ARCH = 'fastreid_mgn'
 FEATURE_ORDER = ('b1', 'b2', 'b3', 'b21', 'b22', 'b31', 'b32', 'b33')  # fast-reid's torch.cat at test time
-_NECK = ('weight', 'bias', 'running_mean', 'running_var')
 _DEPTHS = {5: 'resnet50', 22: 'resnet101'}  # layer3 blocks of a branch (layer3[1:]) -> the ResNet
-_PIXEL = ('pixel_mean', 'pixel_std')  # fast-reid's normalisation buffers (eras A and B)
 _TRUNK = re.compile(r'(backbone\.[0-6]|b[123]\.[01])\.')
 # era -> a head's file names: GeM p, the 1x1 reduction conv, the BN after it (era A), BN-neck, classifier
 _HEAD_NAMES = {
@@ -61,10 +62,6 @@ def recognise(state_dict):
     if 'b1_head.weight' not in state_dict and ('b1_head.classifier.weight' in state_dict or 'pixel_mean' in state_dict):
         return {'era': 'B'}
     return {'era': 'C'}
-
-
-def _fail(path, message):
-    raise PretrainedWeightsError(f'{path}: {message}')
 
 
 def _backbone(state, path):
@@ -95,7 +92,7 @@ def _heads(state, era, path):
     width = first_conv.shape[0]
     why = f'the heads are {width} wide, as {conv_name.format(h="b1")}'
     trained_p = p_name.format(h='b1') in state
-    out, used, classifiers, necks = {}, set(), [], {leaf: [] for leaf in (*_NECK, 'num_batches_tracked')}
+    out, used, classifiers, necks = {}, set(), [], {leaf: [] for leaf in (*_NECK_TENSORS, 'num_batches_tracked')}
 
     def take(name, shape, reason, target=None):
         used.add(name)
@@ -108,7 +105,7 @@ def _heads(state, era, path):
         take(conv_name.format(h=h), (width, 2048, 1, 1), why, f'heads.{h}.conv.weight')
         if trained_p:
             out[f'heads.{h}.pool.p'] = take(p_name.format(h=h), (1,), 'GeM p, as in head b1').reshape(())
-        for leaf in _NECK:
+        for leaf in _NECK_TENSORS:
             if bn_prefix:
                 take(bn_prefix.format(h=h) + leaf, (width,), why, f'heads.{h}.bn.{leaf}')
             necks[leaf].append(take(neck_prefix.format(h=h) + leaf, (width,),
@@ -122,7 +119,7 @@ def _heads(state, era, path):
             if state[classifier].ndim != 2 or state[classifier].shape[1] != width:
                 _fail(path, f'{classifier} has shape {tuple(state[classifier].shape)}; expected (identities, {width})')
             classifiers.append(classifier)
-    out.update({f'bottleneck.{leaf}': torch.cat(necks[leaf]) for leaf in _NECK})
+    out.update({f'bottleneck.{leaf}': torch.cat(necks[leaf]) for leaf in _NECK_TENSORS})
     if necks['num_batches_tracked']:
         out['bottleneck.num_batches_tracked'] = necks['num_batches_tracked'][0]
     shared = era == 'A' and trained_p
