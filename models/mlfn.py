@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .base import TrunkFeatureModel
+from .osnet import init_torchreid_weights
 
 __all__ = ['MLFN', 'MLFN_ARCHS']
 
@@ -83,11 +84,7 @@ class _MLFNTrunk(nn.Module):
                                   nn.ReLU(inplace=True))
         self.fc_s = nn.Sequential(nn.Conv2d(GROUPS * len(_BLOCKS), EMBED_DIM, 1, bias=False),
                                   nn.BatchNorm2d(EMBED_DIM), nn.ReLU(inplace=True))
-        for module in self.modules():  # torchreid's initialisation
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_torchreid_weights(self)
 
     def forward(self, images):
         x = self.maxpool(torch.relu(self.bn1(self.conv1(images))))

@@ -12,6 +12,7 @@ stem `conv1` and before the final 1x1 `conv9`. The test feature is the average-p
 from torch import nn
 
 from .base import TrunkFeatureModel
+from .osnet import init_torchreid_weights
 
 __all__ = ['MobileNetV2', 'MOBILENETV2_ARCHS']
 
@@ -67,9 +68,7 @@ class _MobileNetV2Trunk(nn.Module):
                 channels = out_channels
             setattr(self, f'conv{index}', nn.Sequential(*stage))
         self.conv9 = _ConvBNReLU6(channels, self.feature_dim, 1)
-        for module in self.modules():  # torchreid's initialisation
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
+        init_torchreid_weights(self)
 
     def forward(self, images):
         x = self.conv1(images)

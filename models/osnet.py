@@ -35,7 +35,7 @@ from torch import nn
 
 from .base import ReIDModel, make_global_pool
 
-__all__ = ['OSNet', 'OSNetAIN', 'OSNET_ARCHS', 'OSNET_WIDTHS', 'AIN_BLOCK_INSTANCE_NORM', 'FEATURE_DIM']
+__all__ = ['OSNet', 'OSNetAIN', 'OSNET_ARCHS', 'OSNET_WIDTHS', 'AIN_BLOCK_INSTANCE_NORM', 'FEATURE_DIM', 'init_torchreid_weights']
 
 FEATURE_DIM = 512  # torchreid's feature_dim: the fc output at every width
 # stem, conv2, conv3 and conv4 (= conv5) output channels of torchreid's four widths
@@ -221,7 +221,7 @@ def _check_channels(channels):
     return channels
 
 
-def _init_weights(root):
+def init_torchreid_weights(root):
     """torchreid's initialisation: Kaiming-normal (fan_out, relu) convs with zero bias, unit-scale
     zero-shift batch and instance norms, Linear weights N(0, 0.01) with zero bias."""
     for module in root.modules():
@@ -260,7 +260,7 @@ class _OSNetTrunk(nn.Module):
         self.conv4 = nn.Sequential(_OSBlock(c3, c4), _OSBlock(c4, c4))
         self.conv5 = _ConvUnit(c4, c4)
         self.fc = _embedding(c4)
-        _init_weights(self)
+        init_torchreid_weights(self)
 
     def forward(self, images):
         x = self.maxpool(self.conv1(images))
@@ -296,7 +296,7 @@ class _OSNetAINTrunk(nn.Module):
         self.conv4 = stage(c3, c4, block_instance_norm[2])
         self.conv5 = _ConvUnit(c4, c4)
         self.fc = _embedding(c4)
-        _init_weights(self)
+        init_torchreid_weights(self)
 
     def forward(self, images):
         x = self.maxpool(self.conv1(images))
