@@ -66,6 +66,7 @@ from .core import (
     load_strict,
     read_weights,
     register_source,
+    report_of_adapted,
     trained_sources,
     unwrap,
 )
@@ -141,16 +142,10 @@ def _load_trained(model, obj, report):
         raise PretrainedWeightsError(f'{report.path}: no converter of pretrained weights for '
                                      f'{type(model).__name__}, and the file is no trained file of a known source '
                                      f'({", ".join(source.name for source in trained_sources())})')
-    report.source = checkpoint['source']
-    report.notes = list(checkpoint.get('notes', []))
-    for kind, names in checkpoint.get('dropped', {}).items():
-        report.drop(kind, names)
+    report = report_of_adapted(checkpoint, report.path)
     classifier = [k for k in checkpoint['state_dict'] if k.startswith('classifier.')]
     report.drop('classifier', classifier)
     state = {k: v for k, v in checkpoint['state_dict'].items() if k not in classifier}
     report.loaded = load_strict(model, state, report.path, skip=('classifier.',))
-    config = checkpoint['model']
-    report.pixel_mean = list(config.get('pixel_mean', report.pixel_mean))
-    report.pixel_std = list(config.get('pixel_std', report.pixel_std))
     report.person_pretrained = True
     return report

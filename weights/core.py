@@ -23,7 +23,7 @@ from transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ['PretrainedWeightsError', 'LoadReport', 'read_weights', 'unwrap', 'load_strict', 'put',
            'TrainedSource', 'register_source', 'trained_sources', 'trained_state_dict', 'adapt_checkpoint',
-           'describe_adapted', 'HALF', 'WRAPPERS']
+           'describe_adapted', 'report_of_adapted', 'HALF', 'WRAPPERS']
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -223,15 +223,20 @@ def adapt_checkpoint(checkpoint, path):
     return checkpoint
 
 
-def describe_adapted(checkpoint, path):
-    """What adapt_checkpoint made of the trained file `path` (a checkpoint with a 'source'), in
-    the words of LoadReport."""
-    report = LoadReport(path=path, source=checkpoint['source'],
-                        loaded=len(checkpoint['state_dict']))
+def report_of_adapted(checkpoint, path):
+    """The LoadReport of what adapt_checkpoint made of the trained file `path` (a checkpoint with
+    a 'source'): its source, tensors, what it dropped by kind, notes and preprocessing."""
+    report = LoadReport(path=path, source=checkpoint['source'], loaded=len(checkpoint['state_dict']))
     for kind, names in checkpoint.get('dropped', {}).items():
         report.drop(kind, names)
     config = checkpoint['model']
-    report.pixel_mean = config.get('pixel_mean', report.pixel_mean)
-    report.pixel_std = config.get('pixel_std', report.pixel_std)
+    report.pixel_mean = list(config.get('pixel_mean', report.pixel_mean))
+    report.pixel_std = list(config.get('pixel_std', report.pixel_std))
     report.notes = list(checkpoint.get('notes', []))
-    return str(report).replace('Pretrained weights', 'Trained file', 1)
+    return report
+
+
+def describe_adapted(checkpoint, path):
+    """What adapt_checkpoint made of the trained file `path` (a checkpoint with a 'source'), in
+    the words of LoadReport."""
+    return str(report_of_adapted(checkpoint, path)).replace('Pretrained weights', 'Trained file', 1)
